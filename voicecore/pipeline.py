@@ -1,0 +1,49 @@
+"""Builds the models from config: the one place that names implementations.
+
+Models are loaded once per process and shared by every `Session`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from voicecore.config import Config
+from voicecore.errors import ConfigError
+from voicecore.llm.base import LLMEngine
+from voicecore.stt.base import STT
+from voicecore.tts.base import TTS
+from voicecore.turn.vad import SileroVad
+
+
+@dataclass
+class Models:
+    vad: SileroVad
+    stt: STT
+    llm: LLMEngine
+    tts: TTS
+
+    def close(self) -> None:
+        for stage in (self.stt, self.llm, self.tts):
+            stage.close()
+
+
+def load_models(config: Config) -> Models:
+    """Load VAD, STT, LLM and TTS as `config` says (bundled small models by default)."""
+    from voicecore.stt.whisper import WhisperSTT
+    from voicecore.tts.piper import PiperTTS
+
+    vad = SileroVad(config.vad.model)
+    stt = WhisperSTT(config.stt)
+    llm: LLMEngine
+    if config.llm.engine == "llama.cpp":
+        from voicecore.llm.llamacpp import LlamaCppEngine
+
+        llm = LlamaCppEngine(config.llm)
+    elif config.llm.engine == "vllm":
+        from voicecore.llm.vllm import VllmEngine
+
+        llm = VllmEngine(config.llm)
+    else:
+        raise ConfigError(f"llm.engine = {config.llm.engine!r}: use 'llama.cpp' or 'vllm'")
+    tts = PiperTTS(config.tts, use_cuda=config.stt.device == "cuda")
+    return Models(vad=vad, stt=stt, llm=llm, tts=tts)

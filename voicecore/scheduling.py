@@ -1,0 +1,82 @@
+"""One thread per model, serving requests by priority.
+
+Models are shared by every session. Work on the critical path of a turn (the final transcript,
+an LLM reply, TTS) goes ahead of background work (interim transcripts). The model code releases
+the GIL, so the event loop keeps running while a worker computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+CRITICAL = 0  # final transcripts, replies
+BACKGROUND = 1  # interim transcripts
+
+
+class PriorityWorker:
+    def __init__(self, name: str, max_pending: int = 256) -> None:
+        self.name = name
+        self._max_pending = max_pending
+        self._heap: list[tuple[int, int, Callable[[], Any], asyncio.Future[Any]]] = []
+        self._order = itertools.count()
+        self._ready = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"voicecore-{name}", daemon=True)
+        self._thread.start()
+
+    async def run(self, fn: Callable[[], T], priority: int = CRITICAL) -> T:
+        """Run `fn` on the worker thread. Cancelling the await drops the job if not yet started."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._ready:
+            if self._closed:
+                raise RuntimeError(f"{self.name} worker is closed")
+            if len(self._heap) >= self._max_pending:
+                raise RuntimeError(f"{self.name} worker is overloaded ({self._max_pending} queued)")
+            heapq.heappush(self._heap, (priority, next(self._order), fn, future))
+            self._ready.notify()
+        return await future
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._heap and not self._closed:
+                    self._ready.wait()
+                if self._closed and not self._heap:
+                    return
+                _, _, fn, future = heapq.heappop(self._heap)
+            if future.cancelled():
+                continue
+            try:
+                result = fn()
+            except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
+                _resolve(future, None, e)
+            else:
+                _resolve(future, result, None)
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    def settle() -> None:
+        if future.cancelled():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    try:
+        future.get_loop().call_soon_threadsafe(settle)
+    except RuntimeError:
+        pass  # the loop is gone; nobody waits for this result

@@ -1,0 +1,25 @@
+"""The STT stage: 16 kHz float audio of one utterance in, its words out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    final: bool
+    audio_seconds: float  # how much audio it covers
+    compute_seconds: float  # wall time of the recognition
+
+
+class STT(Protocol):
+    async def transcribe(self, audio: np.ndarray, *, final: bool) -> Transcript:
+        """Transcribe a whole utterance. `final=False` is background work (an interim result)
+        and yields to final transcripts of any session. Cancelling the await abandons it."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,17 @@
+"""The TTS stage: a sentence or clause of text in, its audio out."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from voicecore.audio.frames import AudioFrame
+
+
+class TTS(Protocol):
+    sample_rate: int
+
+    async def synthesize(self, text: str) -> AudioFrame:
+        """Speak one chunk of text. Cancelling the await abandons it."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,77 @@
+"""Cuts a streaming LLM reply into speakable chunks.
+
+The first chunk ends at the first clause boundary after a few words, so the first audio starts
+after "The capital of France is Paris," rather than after the whole reply; later chunks are whole
+sentences (or long clauses), which Piper prosodies better.
+"""
+
+from __future__ import annotations
+
+import re
+
+SENTENCE_END = ".!?"
+CLAUSE_END = ",;:—"
+ABBREVIATIONS = frozenset("mr mrs ms dr prof st vs etc e.g i.e jr sr no".split())
+_MARKUP = re.compile(r"[*_#`~>|]+|\[(.*?)\]\(.*?\)|<[^>]{1,40}>")
+_SPEAKABLE = re.compile(r"[A-Za-z0-9]")
+
+
+def clean_for_speech(text: str) -> str:
+    """Drop markdown and tags an LLM may emit; keep link text."""
+    text = _MARKUP.sub(lambda m: m.group(1) or " ", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def speakable(text: str) -> bool:
+    return bool(_SPEAKABLE.search(text))
+
+
+class SentenceChunker:
+    def __init__(self, first_min_words: int = 3, min_words: int = 8) -> None:
+        self._first_min_words = first_min_words
+        self._min_words = min_words
+        self._buffer = ""
+        self._emitted = 0
+
+    def push(self, piece: str) -> list[str]:
+        """Add LLM text; return the chunks that are complete now."""
+        self._buffer += piece
+        chunks: list[str] = []
+        while (cut := self._find_cut()) is not None:
+            chunk, self._buffer = self._buffer[:cut], self._buffer[cut:]
+            self._emit(chunk, chunks)
+        return chunks
+
+    def flush(self) -> list[str]:
+        """The reply is complete: whatever is left is the last chunk."""
+        chunks: list[str] = []
+        self._emit(self._buffer, chunks)
+        self._buffer = ""
+        return chunks
+
+    def _emit(self, chunk: str, out: list[str]) -> None:
+        text = clean_for_speech(chunk)
+        if speakable(text):
+            out.append(text)
+            self._emitted += 1
+
+    def _find_cut(self) -> int | None:
+        """Index just after a boundary that is followed by whitespace (so "3.5" is not cut)."""
+        text = self._buffer
+        min_words = self._first_min_words if self._emitted == 0 else self._min_words
+        for i, ch in enumerate(text[:-1]):
+            if not text[i + 1].isspace():
+                continue
+            if ch == "\n":
+                return i + 1
+            if ch in SENTENCE_END and not self._is_abbreviation(text[: i + 1]):
+                if len(text[: i + 1].split()) >= 2 or self._emitted > 0:
+                    return i + 1
+            elif ch in CLAUSE_END and len(text[: i + 1].split()) >= min_words:
+                return i + 1
+        return None
+
+    @staticmethod
+    def _is_abbreviation(text: str) -> bool:
+        words = text.lower().split()
+        return bool(words) and words[-1].rstrip(".") in ABBREVIATIONS

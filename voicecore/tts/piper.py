@@ -1,0 +1,41 @@
+"""Piper TTS, in-process on onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from voicecore.audio.frames import AudioFrame, float_to_int16
+from voicecore.config import TtsConfig
+from voicecore.errors import ConfigError
+from voicecore.models import bundled_piper_voice
+from voicecore.scheduling import CRITICAL, PriorityWorker
+
+
+class PiperTTS:
+    def __init__(self, config: TtsConfig, use_cuda: bool = False) -> None:
+        from piper import PiperVoice, SynthesisConfig
+
+        path = Path(config.voice).expanduser() if config.voice else bundled_piper_voice()
+        config_path = Path(str(path) + ".json")
+        if not path.is_file():
+            raise ConfigError(f"Piper voice {path} not found; set tts.voice to a .onnx voice file")
+        if not config_path.is_file():
+            raise ConfigError(f"Piper voice config {config_path} not found (expected beside it)")
+        self.voice_path = path
+        self._voice = PiperVoice.load(path, config_path=config_path, use_cuda=use_cuda)
+        self._syn_config = SynthesisConfig(length_scale=config.length_scale)
+        self.sample_rate: int = self._voice.config.sample_rate
+        self._worker = PriorityWorker("tts")
+
+    async def synthesize(self, text: str) -> AudioFrame:
+        return await self._worker.run(lambda: self._speak(text), CRITICAL)
+
+    def _speak(self, text: str) -> AudioFrame:
+        parts = [c.audio_float_array for c in self._voice.synthesize(text, self._syn_config)]
+        audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        return AudioFrame(float_to_int16(audio), self.sample_rate)
+
+    def close(self) -> None:
+        self._worker.close()

@@ -1,0 +1,51 @@
+"""Adaptive endpointing: how long a silence must last before the turn is the agent's."""
+
+from __future__ import annotations
+
+import re
+
+from voicecore.config import TurnConfig
+
+# Words after which a speaker almost always goes on: conjunctions, articles, prepositions,
+# fillers. A pause after them is a search for the next word, not the end of the turn.
+CONTINUATION_WORDS = frozenset(
+    """
+    a an the and or but so because if then than of to in on at for with from by about into
+    my your his her our their its this these those is are was were be been am do does did
+    can could would should will shall may might must what which who whose where when how why
+    um uh er erm ah hmm like mean well also plus minus point
+    """.split()
+)
+NUMBER_WORDS = frozenset(
+    "zero oh one two three four five six seven eight nine ten hundred thousand million".split()
+)
+_TRAILING = re.compile(r"[\s\"')\]]+$")
+
+
+def sounds_complete(transcript: str) -> bool:
+    """Does this transcript end the way a finished sentence ends?"""
+    text = _TRAILING.sub("", transcript.strip())
+    if not text:
+        return False
+    if text.endswith(("...", "…", ",", "-", "—", ":", ";")):
+        return False  # Whisper marks trailing-off speech with an ellipsis or a comma
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    if not words:
+        return False
+    last = words[-1]
+    if last in CONTINUATION_WORDS:
+        return False
+    if last.isdigit() or last in NUMBER_WORDS:
+        return False  # likely in the middle of a phone number or an amount
+    return True
+
+
+def endpoint_delay(transcript: str | None, config: TurnConfig) -> float:
+    """Seconds of silence after the end of speech that commit the turn.
+
+    Until a transcript of the speech so far is known, the long delay holds: cutting someone off
+    costs more than a few hundred milliseconds of latency.
+    """
+    if transcript is not None and sounds_complete(transcript):
+        return config.min_endpoint_delay
+    return config.max_endpoint_delay

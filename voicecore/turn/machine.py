@@ -1,0 +1,144 @@
+"""The turn state machine: the one place that decides whose turn it is.
+
+It is pure and synchronous. It sees VAD events, the passing of audio time (16 kHz samples
+received, so it runs the same in real time and on a simulated clock) and transcripts; it
+answers with `Action`s that the session carries out. It never touches a model.
+
+    LISTENING --speech--> USER_SPEAKING --silence--> USER_PAUSED --endpoint--> AGENT_THINKING
+        ^                      ^                         |                         |
+        |                      +-------speech------------+ (cancel speculation)    | first frame
+        |                      +--- speech >= min_interruption (barge-in) ---+     v
+        +---------------------------- reply played -------------------- AGENT_SPEAKING
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from voicecore.config import TurnConfig
+from voicecore.turn.endpoint import endpoint_delay
+from voicecore.turn.state import TurnState
+from voicecore.turn.vad import SAMPLE_RATE, VadEvent
+
+
+class Action(Enum):
+    USER_STARTED = "user_started"  # a new utterance begins at `sample`
+    SPECULATE = "speculate"  # start STT-final -> LLM -> first TTS chunk, audio held back
+    CANCEL_SPECULATION = "cancel_speculation"  # the user went on speaking
+    COMMIT = "commit"  # end of turn: release the (speculative) reply
+    INTERRUPT = "interrupt"  # barge-in: stop the agent now, the user has the floor
+    REOPEN = "reopen"  # the user went on before any agent audio: cancel the reply, same turn
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    sample: int  # 16 kHz stream position the decision refers to
+
+
+class TurnMachine:
+    def __init__(self, config: TurnConfig) -> None:
+        self.config = config
+        self.state = TurnState.LISTENING
+        self.utterance_start = 0  # first sample of the current user utterance
+        self.speech_end = 0  # estimated end of the user's speech
+        self.transcript: str | None = None  # words heard in the current utterance, if known
+        self._speculating = False
+        self._barge_start: int | None = None
+        self._user_speaking = False
+        self._speech_onset = 0  # where the VAD's current (or last) speech began
+
+    # -- inputs -------------------------------------------------------------------------------
+    def on_vad(self, event: VadEvent) -> list[Decision]:
+        if event.kind == "start":
+            self._user_speaking = True
+            self._speech_onset = event.sample
+            return self._on_speech_start(event.sample)
+        self._user_speaking = False
+        self._barge_start = None
+        if self.state is TurnState.USER_SPEAKING:
+            self.state = TurnState.USER_PAUSED
+            self.speech_end = event.sample
+        return []
+
+    def on_time(self, now: int) -> list[Decision]:
+        """Called after every frame with the number of samples received so far."""
+        cfg = self.config
+        if self.state is TurnState.USER_SPEAKING:
+            if now - self.utterance_start >= cfg.max_utterance * SAMPLE_RATE:
+                # An endless monologue: answer what fits in Whisper's window.
+                self.speech_end = now
+                return self._commit(now, speculate_first=True)
+            return []
+        if self.state is TurnState.USER_PAUSED:
+            silence = (now - self.speech_end) / SAMPLE_RATE
+            decisions: list[Decision] = []
+            if not self._speculating and silence >= cfg.speculation_delay:
+                self._speculating = True
+                decisions.append(Decision(Action.SPECULATE, self.speech_end))
+            if silence >= endpoint_delay(self.transcript, cfg):
+                decisions += self._commit(now, speculate_first=not self._speculating)
+            return decisions
+        if self._barge_start is not None and self._user_speaking:
+            if (now - self._barge_start) / SAMPLE_RATE >= cfg.min_interruption:
+                return self._barge_in(now)
+        return []
+
+    def on_transcript(self, text: str) -> None:
+        """The words of the current utterance so far (interim or speculative final)."""
+        self.transcript = text
+
+    def agent_speaking(self) -> None:
+        if self.state is TurnState.AGENT_THINKING:
+            self.state = TurnState.AGENT_SPEAKING
+
+    def agent_done(self) -> list[Decision]:
+        """The reply finished playing (or failed): the floor is open again."""
+        if self.state in (TurnState.AGENT_THINKING, TurnState.AGENT_SPEAKING):
+            self.state = TurnState.LISTENING
+            self._barge_start = None
+            if self._user_speaking:  # the user already talks over the tail of the reply
+                self._start_utterance(self._speech_onset)
+                return [Decision(Action.USER_STARTED, self._speech_onset)]
+        return []
+
+    # -- transitions ----------------------------------------------------------------------------
+    def _on_speech_start(self, sample: int) -> list[Decision]:
+        if self.state is TurnState.LISTENING:
+            self._start_utterance(sample)
+            return [Decision(Action.USER_STARTED, sample)]
+        if self.state is TurnState.USER_PAUSED:
+            self.state = TurnState.USER_SPEAKING
+            self.transcript = None
+            if self._speculating:
+                self._speculating = False
+                return [Decision(Action.CANCEL_SPECULATION, sample)]
+            return []
+        if self.state in (TurnState.AGENT_THINKING, TurnState.AGENT_SPEAKING):
+            self._barge_start = sample  # decided in on_time once it lasts long enough
+        return []
+
+    def _barge_in(self, now: int) -> list[Decision]:
+        barge_start = self._barge_start or now
+        self._barge_start = None
+        if self.state is TurnState.AGENT_THINKING:
+            # Nothing was heard yet: the user was not done. Same utterance, reply cancelled.
+            self.state = TurnState.USER_SPEAKING
+            self.transcript = None
+            self._speculating = False
+            return [Decision(Action.REOPEN, barge_start)]
+        self._start_utterance(barge_start)
+        return [Decision(Action.INTERRUPT, barge_start)]
+
+    def _commit(self, now: int, speculate_first: bool) -> list[Decision]:
+        self.state = TurnState.AGENT_THINKING
+        self._speculating = False
+        decisions = [Decision(Action.SPECULATE, self.speech_end)] if speculate_first else []
+        return decisions + [Decision(Action.COMMIT, now)]
+
+    def _start_utterance(self, sample: int) -> None:
+        self.state = TurnState.USER_SPEAKING
+        self.utterance_start = sample
+        self.transcript = None
+        self._speculating = False

@@ -1,0 +1,21 @@
+"""Conversation states, named as LiveKit's `lk.agent.state` attribute names them."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class AgentState(str, Enum):
+    INITIALIZING = "initializing"
+    IDLE = "idle"
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+
+
+class TurnState(Enum):
+    LISTENING = "listening"  # nobody speaks
+    USER_SPEAKING = "user_speaking"
+    USER_PAUSED = "user_paused"  # silence after speech: waiting for the endpoint (speculating)
+    AGENT_THINKING = "agent_thinking"  # turn committed, no agent audio out yet
+    AGENT_SPEAKING = "agent_speaking"
