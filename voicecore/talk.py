@@ -36,7 +36,7 @@ class RealtimeSink:
         return max(0.0, self._play_until - self.clock())
 
     async def capture_frame(self, frame: AudioFrame) -> None:
-        while (wait := self.queued_duration - MAX_QUEUE) > 0:
+        while (wait := self.queued_duration - MAX_QUEUE) > 0:  # noqa: ASYNC110 - a clock, not an event
             await asyncio.sleep(wait)
         start = max(self.clock(), self._play_until)
         self._scheduled.append((start, frame))
@@ -52,7 +52,7 @@ class RealtimeSink:
         self._play_until = now
 
     async def wait_for_playout(self) -> None:
-        while (wait := self.queued_duration) > 0:
+        while (wait := self.queued_duration) > 0:  # noqa: ASYNC110 - a clock, not an event
             await asyncio.sleep(wait)
 
     def played(self) -> AudioFrame:
@@ -95,6 +95,7 @@ async def talk(
     max_wait: float = 30.0,
 ) -> TalkResult:
     """Feed `audio` (16 kHz) in real-time 20 ms frames, then silence until the agent is done."""
+    await models.warm_up(config.llm.system_prompt)
     sink = RealtimeSink(config.audio.output_sample_rate)
     hooks = _Collect()
     session = Session(models, config, sink, hooks)

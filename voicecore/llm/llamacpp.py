@@ -27,9 +27,12 @@ class LlamaCppEngine:
     def __init__(self, config: LlmConfig) -> None:
         from llama_cpp import Llama
 
-        threads = config.threads or os.cpu_count() or 2
+        cores = os.cpu_count() or 2
+        # Token generation is memory-bound and shares the box with Piper and Whisper: one core is
+        # left to them and to the event loop. The prompt (batch) uses every core.
+        threads = config.threads or max(1, cores - 1)
         common: dict[str, Any] = dict(
-            n_ctx=config.context_tokens, n_threads=threads, n_threads_batch=threads, verbose=False
+            n_ctx=config.context_tokens, n_threads=threads, n_threads_batch=cores, verbose=False
         )
         model = config.model or str(bundled_gguf())
         if model.endswith(".gguf") or Path(model).exists() or model.startswith(("/", "./", "~")):

@@ -15,7 +15,11 @@ from voicecore.scheduling import CRITICAL, PriorityWorker
 
 class PiperTTS:
     def __init__(self, config: TtsConfig, use_cuda: bool = False) -> None:
+        import json
+
+        import onnxruntime as ort
         from piper import PiperVoice, SynthesisConfig
+        from piper.config import PiperConfig
 
         path = Path(config.voice).expanduser() if config.voice else bundled_piper_voice()
         config_path = Path(str(path) + ".json")
@@ -24,7 +28,18 @@ class PiperTTS:
         if not config_path.is_file():
             raise ConfigError(f"Piper voice config {config_path} not found (expected beside it)")
         self.voice_path = path
-        self._voice = PiperVoice.load(path, config_path=config_path, use_cuda=use_cuda)
+        # Our own session options instead of PiperVoice.load's defaults: on a small CPU box one
+        # non-spinning thread keeps Piper from starving the LLM and the event loop (it runs
+        # while the LLM is still generating the rest of the reply).
+        options = ort.SessionOptions()
+        if not use_cuda:
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = ["CUDAExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        piper_config = PiperConfig.from_dict(json.loads(config_path.read_text()))
+        self._voice = PiperVoice(session=session, config=piper_config)
         self._syn_config = SynthesisConfig(length_scale=config.length_scale)
         self.sample_rate: int = self._voice.config.sample_rate
         self._worker = PriorityWorker("tts")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, StrEnum
 
 
-class AgentState(str, Enum):
+class AgentState(StrEnum):
     INITIALIZING = "initializing"
     IDLE = "idle"
     LISTENING = "listening"

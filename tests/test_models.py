@@ -1,0 +1,91 @@
+"""Each stage on the real bundled models."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from helpers import join, transcribe, words
+
+from voicecore import AudioFrame, Message, Models
+from voicecore.turn.vad import VadStream
+
+
+def vad_events(models: Models, config, audio: AudioFrame) -> list[tuple[str, float]]:
+    stream = VadStream(models.vad, config.vad)
+    events = []
+    samples = audio.to_float()
+    for start in range(0, len(samples), 320):  # 20 ms frames, as from a room
+        events += [(e.kind, e.sample / 16000) for e in stream.push(samples[start : start + 320])]
+    return events
+
+
+def test_vad_finds_speech_in_a_spoken_clip(models, config, say):
+    speech = say("What is the capital of France?")
+    events = vad_events(models, config, join(1.0, speech, 1.0))
+    kinds = [k for k, _ in events]
+    assert kinds == ["start", "end"]
+    start, end = events[0][1], events[1][1]
+    assert 0.9 <= start <= 1.2
+    assert abs(end - (1.0 + speech.duration)) < 0.3
+
+
+def test_vad_finds_nothing_in_silence_or_steady_noise(models, config):
+    rng = np.random.default_rng(0)
+    silence = AudioFrame.silence(10.0, 16000)
+    white = AudioFrame.from_float(rng.normal(0, 0.1, 16000 * 10), 16000)
+    t = np.arange(16000 * 10) / 16000
+    hum = AudioFrame.from_float(0.3 * np.sin(2 * np.pi * 50 * t) + rng.normal(0, 0.02, len(t)), 16000)
+    for audio in (silence, white, hum):
+        assert vad_events(models, config, audio) == []
+
+
+async def test_stt_transcribes_the_question(models, say):
+    text = await transcribe(models, say("What is the capital of France?"))
+    assert words(text) == ["what", "is", "the", "capital", "of", "france"]
+
+
+async def test_stt_full_window_agrees_with_the_short_context(models, say):
+    audio = say("How many legs does a spider have?").to_float()
+    models.stt.config.short_context = False
+    try:
+        full = (await models.stt.transcribe(audio, final=True)).text
+    finally:
+        models.stt.config.short_context = True
+    short = (await models.stt.transcribe(audio, final=True)).text
+    assert words(full) == words(short) == ["how", "many", "legs", "does", "a", "spider", "have"]
+
+
+async def test_stt_of_silence_is_empty(models):
+    assert (await models.stt.transcribe(np.zeros(16000, np.float32), final=True)).text == ""
+
+
+async def test_llm_answers_paris(models, config):
+    messages = [Message("system", config.llm.system_prompt), Message("user", "What is the capital of France?")]
+    reply = "".join([piece async for piece in models.llm.stream(messages)])
+    assert "Paris" in reply
+
+
+async def test_llm_stream_can_be_abandoned_and_the_engine_reused(models, config):
+    messages = [Message("system", config.llm.system_prompt), Message("user", "Tell me a long story about a dragon.")]
+    stream = models.llm.stream(messages)
+    pieces = []
+    async for piece in stream:
+        pieces.append(piece)
+        if len(pieces) == 3:
+            break
+    await stream.aclose()
+    question = [Message("system", config.llm.system_prompt), Message("user", "What is the capital of France?")]
+    reply = await asyncio.wait_for(_collect(models.llm.stream(question)), timeout=10)
+    assert "Paris" in reply
+
+
+async def _collect(stream) -> str:
+    return "".join([p async for p in stream])
+
+
+async def test_tts_round_trip(models):
+    audio = await models.tts.synthesize("The quick brown fox jumps over the lazy dog.")
+    assert audio.sample_rate == 22050 and 1.5 < audio.duration < 5
+    text = await transcribe(models, audio)
+    assert words(text) == "the quick brown fox jumps over the lazy dog".split()

@@ -1,0 +1,166 @@
+"""The whole pipeline in real time on the real models: endpointing, speculation, barge-in,
+bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import tracemalloc
+
+import numpy as np
+from helpers import join, transcribe, words
+
+from voicecore import AgentState, AudioFrame, RealtimeSink, Session, SessionHooks, split_frames, talk
+
+
+async def test_question_gets_paris_with_every_latency_recorded(models, config, say):
+    result = await talk(models, config, join(0.5, say("What is the capital of France?")))
+    assert len(result.turns) == 1
+    turn = result.turns[0]
+    assert words(turn.user_text) == ["what", "is", "the", "capital", "of", "france"]
+    assert "Paris" in turn.agent_text
+    assert "Paris" in await transcribe(models, result.reply_audio)
+    latencies = turn.latencies_ms()
+    assert all(v is not None for v in latencies.values()), latencies
+    # one monotonic clock: the stages happen in order
+    assert latencies["stt_final"] <= latencies["llm_first_token"] <= latencies["first_chunk_text"]
+    assert latencies["tts_first_audio"] <= latencies["first_frame_out"] == latencies["voice_to_voice"]
+    # the reply was prepared during the silence, and its audio held until the endpoint
+    assert turn.speculative and latencies["stt_final"] < latencies["endpoint"]
+    assert latencies["first_frame_out"] >= latencies["endpoint"]
+    assert result.states == ["listening", "thinking", "speaking", "listening"]
+
+
+async def test_pause_mid_sentence_does_not_end_the_turn(models, config, say):
+    audio = join(0.3, say("What is the capital of"), 0.7, say("France?"))
+    result = await talk(models, config, audio)
+    assert len(result.turns) == 1, [t.user_text for t in result.turns]
+    assert words(result.turns[0].user_text)[-2:] == ["of", "france"]
+    assert "Paris" in result.turns[0].agent_text
+
+
+class Recorder(SessionHooks):
+    def __init__(self) -> None:
+        self.states: list[tuple[float, AgentState]] = []
+        self.spoken: list[str] = []
+
+    def on_state(self, state: AgentState) -> None:
+        self.states.append((time.monotonic(), state))
+
+    def on_agent_text(self, text: str) -> None:
+        self.spoken.append(text)
+
+
+async def feed(session: Session, audio: AudioFrame, until=None, max_seconds: float = 30.0) -> None:
+    """Push audio in real-time 20 ms frames, then silence until `until()` or the time limit."""
+    start = time.monotonic()
+    frames = list(split_frames(audio))
+    silence = AudioFrame.silence(0.02, 16000)
+    for n in range(int(max_seconds / 0.02)):
+        session.push_audio(frames[n] if n < len(frames) else silence)
+        await asyncio.sleep(max(0.0, start + (n + 1) * 0.02 - time.monotonic()))
+        if n >= len(frames) and until is not None and until():
+            return
+
+
+async def test_barge_in_stops_the_agent_and_keeps_only_what_was_heard(models, config, say):
+    sink = RealtimeSink(config.audio.output_sample_rate)
+    hooks = Recorder()
+    session = Session(models, config, sink, hooks)
+    try:
+        await feed(session, join(0.3, say("Tell me a long story about a brave little cat.")),
+                   until=lambda: session.state is AgentState.SPEAKING)
+        assert session.state is AgentState.SPEAKING
+        interruption = say("Stop. What is two plus two?")
+        await feed(session, AudioFrame.silence(1.0, 16000), until=lambda: False, max_seconds=1.0)
+        interrupted_at = time.monotonic()
+        await feed(session, interruption, until=lambda: False, max_seconds=2.5)
+    finally:
+        await session.aclose()
+    first = session.records[0]
+    assert first.interrupted
+    # the agent fell silent within min_interruption (+ VAD windows and frame time, with slack
+    # for a busy 2-core box) of the start of the user's speech
+    stopped = next(t for t, s in hooks.states if t > interrupted_at and s is AgentState.LISTENING)
+    timeline = [(round(t - interrupted_at, 3), s.value) for t, s in hooks.states]
+    assert stopped - interrupted_at < config.turn.min_interruption + 0.5, timeline
+    assert sink.queued_duration == 0 or session.state is not AgentState.SPEAKING
+    # history: the cut reply, a prefix of what was generated, never the unheard rest
+    generated = " ".join(hooks.spoken).split()
+    heard = first.agent_text.split()
+    assert 0 < len(heard) < len(generated)
+    assert heard == generated[: len(heard)]
+    assistant = [m.content for m in session.history.turns if m.role == "assistant"]
+    assert assistant[0] == first.agent_text
+    # what reached the speaker is about as long as the words kept (Piper: ~2.5 words/s)
+    played = sink.played().duration
+    assert 0.5 < played < 2.5 and len(heard) <= played * 5 + 3
+
+
+async def test_speculation_is_cancelled_when_the_user_goes_on(models, config, say):
+    sink = RealtimeSink(config.audio.output_sample_rate)
+    session = Session(models, config, sink, Recorder())
+    audio = join(0.3, say("I would like to know about"), 0.6, say("the capital of France."))
+    try:
+        await feed(session, audio, until=lambda: bool(session.records), max_seconds=20)
+    finally:
+        await session.aclose()
+    assert len(session.records) == 1
+    assert words(session.records[0].user_text)[-3:] == ["capital", "of", "france"]
+    assert session.records[0].turn == 2  # the first (speculative) reply was started, then dropped
+    assert [m.role for m in session.history.turns] == ["user", "assistant"]
+
+
+async def test_ten_minutes_of_noise_no_turn_bounded_memory(models, config):
+    """Fed faster than real time (the VAD path is the same); no invented turn, flat memory."""
+    rng = np.random.default_rng(1)
+    sink = RealtimeSink(config.audio.output_sample_rate)
+    session = Session(models, config, sink, Recorder())
+    block = AudioFrame.from_float(rng.normal(0, 0.05, 16000 * 10), 16000)
+    frames = list(split_frames(block))
+    tracemalloc.start()
+    try:
+        for minute in range(10):
+            for _ in range(6):
+                for frame in frames:
+                    session.push_audio(frame)
+            await asyncio.sleep(0)
+            if minute == 1:
+                baseline = tracemalloc.get_traced_memory()[0]
+        grown = tracemalloc.get_traced_memory()[0] - baseline
+    finally:
+        tracemalloc.stop()
+        await session.aclose()
+    assert session.records == [] and session.state is AgentState.LISTENING
+    assert grown < 2_000_000, f"memory grew by {grown} bytes over 8 minutes of noise"
+
+
+async def test_silence_and_clipping_do_not_crash(models, config, say):
+    clipped = AudioFrame(np.clip(say("What is the capital of France?").samples.astype(np.int32) * 8,
+                                 -32768, 32767).astype(np.int16), 16000)
+    dc = AudioFrame(np.full(16000 * 3, 8000, np.int16), 16000)
+    result = await talk(models, config, join(AudioFrame.silence(5.0, 16000), dc, clipped))
+    assert len(result.turns) <= 1
+    for turn in result.turns:
+        assert turn.user_text  # a turn happens only for words
+
+
+async def test_session_accepts_48k_and_8k_input(models, config, say):
+    from voicecore.audio.resample import resample
+
+    for rate in (48000, 8000):
+        audio = resample(join(0.3, say("What is the capital of France?")), rate)
+        sink = RealtimeSink(config.audio.output_sample_rate)
+        session = Session(models, config, sink, Recorder())
+        start = time.monotonic()
+        frame_len = rate // 50
+        try:
+            padded = np.concatenate([audio.samples, np.zeros(rate * 6, np.int16)])
+            for n, at in enumerate(range(0, len(padded), frame_len)):
+                session.push_audio(AudioFrame(padded[at : at + frame_len], rate))
+                await asyncio.sleep(max(0.0, start + (n + 1) * 0.02 - time.monotonic()))
+                if session.records:
+                    break
+        finally:
+            await session.aclose()
+        assert session.records and "Paris" in session.records[0].agent_text, rate
