@@ -27,6 +27,14 @@ def test_first_chunk_is_a_clause_later_ones_sentences():
     assert "Dr. Smith lives at 3.5 Main St. too!" in chunks  # no cut after Dr. or inside 3.5
 
 
+def test_a_long_first_sentence_is_cut_at_a_phrase_boundary():
+    chunks = stream(
+        SentenceChunker(first_min_words=3, min_words=8),
+        "The original play by William Shakespeare was written in the sixteenth century.",
+    )
+    assert chunks == ["The original play by William Shakespeare was written", "in the sixteenth century."]
+
+
 def test_markup_and_unspeakable_pieces_are_skipped():
     chunks = stream(SentenceChunker(), "**Paris** is `the` capital. ... !!! [Read more](http://x) now.")
     assert chunks[0] == "Paris is the capital."
@@ -40,6 +48,8 @@ def test_sounds_complete():
     assert not sounds_complete("What is the capital of")
     assert not sounds_complete("I want to go to the store and")
     assert not sounds_complete("My number is 555 12")
+    assert not sounds_complete("My number is 555 12.")  # Whisper often closes with a period
+    assert sounds_complete("What is 2 plus 2?")
     assert not sounds_complete("So, um...")
     assert not sounds_complete("")
 

@@ -11,12 +11,6 @@ Embedding the pipeline::
     session.push_audio(AudioFrame(samples_int16, 16000))   # 20 ms at a time
 """
 
-import os
-
-# CTranslate2 (Whisper) uses OpenMP, whose threads spin while idle by default and then starve
-# the LLM, Piper and the event loop on a small CPU box. Must be set before ctranslate2 loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 from voicecore.audio.frames import FRAME_MS, AudioFrame, split_frames
 from voicecore.audio.wav import load_for_recognition, read_wav, write_wav
 from voicecore.config import Config, load_config

@@ -123,6 +123,110 @@ def doctor(
     typer.echo(f"engines: LLM {data['engines']['llm']}, STT on {data['engines']['stt_device']}")
 
 
+UrlOption = Annotated[
+    str | None, typer.Option("--url", help="LiveKit server, ws(s)://host:port (else LIVEKIT_URL).")
+]
+ApiKeyOption = Annotated[
+    str | None, typer.Option("--api-key", help="LiveKit API key (else LIVEKIT_API_KEY).")
+]
+ApiSecretOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-secret",
+        help="LiveKit API secret (else LIVEKIT_API_SECRET; prefer the environment: "
+        "flags are visible to other users of the machine).",
+    ),
+]
+
+
+@app.command()
+def serve(
+    room: Annotated[
+        str | None,
+        typer.Option(
+            help="Join this one room. Without it, register as a LiveKit agent worker "
+            "and take the rooms LiveKit dispatches."
+        ),
+    ] = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+    api_secret: ApiSecretOption = None,
+    agent_name: Annotated[str | None, typer.Option(help="Agent name that dispatch requests ask for.")] = None,
+    max_jobs: Annotated[
+        int | None, typer.Option(help="Rooms this process serves at once (worker mode).")
+    ] = None,
+    greeting: Annotated[
+        str | None, typer.Option(help="Said to each person who joins (default: nothing).")
+    ] = None,
+    config: ConfigOption = None,
+    llm_model: Annotated[str | None, typer.Option(help="LLM: .gguf path or hub id.")] = None,
+    stt_model: Annotated[str | None, typer.Option(help="Whisper: path or hub id.")] = None,
+    voice: Annotated[str | None, typer.Option(help="Piper voice .onnx path.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Be the agent in LiveKit rooms until Ctrl-C: one room (--room), or every room LiveKit
+    dispatches to this worker. Models are loaded once and shared by all rooms."""
+    _logging(verbose)
+    from voicecore.pipeline import load_models
+    from voicecore.rtc.serve import serve as run_serve
+    from voicecore.rtc.token import credentials
+
+    try:
+        cfg = _config(
+            config,
+            **{
+                "livekit.url": url,
+                "livekit.api_key": api_key,
+                "livekit.api_secret": api_secret,
+                "livekit.agent_name": agent_name,
+                "livekit.max_jobs": max_jobs,
+                "livekit.greeting": greeting,
+                "llm.model": llm_model,
+                "stt.model": stt_model,
+                "tts.voice": voice,
+            },
+        )
+        creds = credentials(cfg.livekit)
+        typer.echo("loading models...")
+        models = load_models(cfg)
+    except VoicecoreError as e:
+        _fail(e)
+    try:
+        asyncio.run(run_serve(models, cfg, creds, room, notify=_say))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        models.close()
+
+
+@app.command()
+def token(
+    room: Annotated[str, typer.Option(help="Room the token lets its holder join.")],
+    identity: Annotated[str, typer.Option(help="Participant identity, unique in the room.")],
+    name: Annotated[str | None, typer.Option(help="Display name (default: the identity).")] = None,
+    ttl_hours: Annotated[float, typer.Option(help="Hours the token stays valid.")] = 6.0,
+    api_key: ApiKeyOption = None,
+    api_secret: ApiSecretOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Print a join token for a person (publish a microphone, hear the agent)."""
+    import datetime
+
+    from voicecore.rtc.token import credentials, user_token
+
+    try:
+        cfg = _config(config, **{"livekit.api_key": api_key, "livekit.api_secret": api_secret})
+        creds = credentials(cfg.livekit, need_url=False)
+    except VoicecoreError as e:
+        _fail(e)
+    ttl = datetime.timedelta(hours=ttl_hours)
+    typer.echo(user_token(creds, room, identity, name or identity, ttl=ttl))
+
+
+def _say(line: str) -> None:
+    typer.echo(f"voicecore: {line}")
+
+
 def _logging(verbose: bool) -> None:
     level = logging.DEBUG if verbose else os.environ.get("VOICECORE_LOG_LEVEL", "WARNING").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -40,7 +40,10 @@ class TurnConfig:
     min_endpoint_delay: float = 0.4
     max_endpoint_delay: float = 1.4
     speculation_delay: float = 0.1  # silence before the speculative STT -> LLM -> TTS start
-    min_interruption: float = 0.2  # user speech over the agent longer than this barges in
+    # User speech over the agent longer than this barges in. With ~60 ms of network each way and
+    # ~30 ms of VAD detection, 0.12 s stops the agent within 300 ms of the speech start as heard
+    # at the client; Silero plus min_speech_ms already filter clicks and coughs.
+    min_interruption: float = 0.12
     max_utterance: float = 28.0  # Whisper's window is 30 s: a longer monologue is cut into turns
     interim_interval: float = 1.0  # seconds of new speech between interim transcripts
 
@@ -86,6 +89,19 @@ class AudioConfig:
 
 
 @dataclass
+class LiveKitConfig:
+    # Server and credentials; unset = LiveKit's own LIVEKIT_URL / LIVEKIT_API_KEY /
+    # LIVEKIT_API_SECRET environment variables. The secret never appears in a repr or a log.
+    url: str | None = None
+    api_key: str | None = None
+    api_secret: str | None = field(default=None, repr=False)
+    agent_name: str = "voicecore"  # what dispatch rules and CreateAgentDispatch name
+    identity: str = "voicecore-agent"  # the agent's identity in a fixed room (`serve --room`)
+    max_jobs: int = 8  # rooms one process serves in worker mode; at this many it reports WS_FULL
+    greeting: str = ""  # said to each person who joins; empty = the agent waits to be spoken to
+
+
+@dataclass
 class Config:
     vad: VadConfig = field(default_factory=VadConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
@@ -93,6 +109,7 @@ class Config:
     llm: LlmConfig = field(default_factory=LlmConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
+    livekit: LiveKitConfig = field(default_factory=LiveKitConfig)
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}

@@ -22,7 +22,7 @@ PACKAGES = (
 
 
 def report(config: Config) -> dict[str, Any]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = importlib.metadata.version(name)

@@ -78,6 +78,7 @@ class SessionHooks:
 class _Spoken:
     text: str
     seconds: float
+    captured: float = 0.0  # seconds of it handed to the sink so far (the rest was never queued)
 
 
 class Session:
@@ -244,12 +245,14 @@ class Session:
                 turn.first_frame_out = self.clock()
                 self._machine.agent_speaking()
                 self._set_state(AgentState.SPEAKING)
-            self._spoken.append(_Spoken(text, audio.duration))
+            spoken = _Spoken(text, audio.duration)
+            self._spoken.append(spoken)
             if self._reply_msg is not None:
                 self._reply_msg.content = " ".join(s.text for s in self._spoken)
             self.hooks.on_agent_text(text)
             for frame in split_frames(audio):
                 await self.sink.capture_frame(frame)
+                spoken.captured += frame.duration
 
     def _finish_turn(self, turn: TurnRecord, heard: str | None = None) -> None:
         turn.agent_text = heard if heard is not None else " ".join(s.text for s in self._spoken)
@@ -280,7 +283,7 @@ class Session:
     def _heard_text(self) -> str:
         """The words of the reply that reached the user: played chunks, and the played share
         of the chunk in progress (words are spread evenly over its audio)."""
-        played = sum(s.seconds for s in self._spoken) - self.sink.queued_duration
+        played = sum(s.captured for s in self._spoken) - self.sink.queued_duration
         words: list[str] = []
         for spoken in self._spoken:
             if played <= 0:

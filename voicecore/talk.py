@@ -14,6 +14,7 @@ from voicecore.config import Config
 from voicecore.metrics import TurnRecord
 from voicecore.pipeline import Models
 from voicecore.session import Session, SessionHooks
+from voicecore.turn.state import AgentState
 
 MAX_QUEUE = 0.2  # seconds of agent audio queued ahead of the (simulated) speaker
 
@@ -78,7 +79,7 @@ class _Collect(SessionHooks):
         self.finals: list[str] = []
         self.states: list[str] = []
 
-    def on_state(self, state):  # type: ignore[no-untyped-def]
+    def on_state(self, state: AgentState) -> None:
         self.states.append(state.value)
 
     def on_user_transcript(self, text: str, final: bool) -> None:

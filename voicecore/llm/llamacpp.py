@@ -77,7 +77,7 @@ class LlamaCppEngine:
                 for chunk in chunks:
                     if stop.is_set():
                         break
-                    piece = chunk["choices"][0]["delta"].get("content")  # type: ignore[index]
+                    piece = chunk["choices"][0]["delta"].get("content")  # type: ignore[index,union-attr]
                     if piece:
                         hand_over(piece)
             except Exception as e:  # handed to the consumer, raised there

@@ -13,6 +13,7 @@ import math
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ class WhisperSTT:
             model, device=device, compute_type=compute_type, cpu_threads=config.cpu_threads
         )
         self._worker = PriorityWorker("stt")
-        self._tokenizer = None
+        self._tokenizer: Any = None
 
     async def transcribe(self, audio: np.ndarray, *, final: bool) -> Transcript:
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)

@@ -12,6 +12,13 @@ import re
 SENTENCE_END = ".!?"
 CLAUSE_END = ",;:—"
 ABBREVIATIONS = frozenset("mr mrs ms dr prof st vs etc e.g i.e jr sr no".split())
+# A first sentence with no comma in sight is cut before one of these once it has a few words:
+# a phrase boundary where a speaker may breathe, so the first audio need not wait for the period.
+PHRASE_STARTS = frozenset(
+    "and but or so because which that who where when while with without for from in on at "
+    "about after before during than like".split()
+)
+FIRST_CHUNK_PHRASE_WORDS = 5
 _MARKUP = re.compile(r"[*_#`~>|]+|\[(.*?)\]\(.*?\)|<[^>]{1,40}>")
 _SPEAKABLE = re.compile(r"[A-Za-z0-9]")
 
@@ -69,6 +76,17 @@ class SentenceChunker:
                     return i + 1
             elif ch in CLAUSE_END and len(text[: i + 1].split()) >= min_words:
                 return i + 1
+        if self._emitted == 0:
+            return self._phrase_cut(text)
+        return None
+
+    @staticmethod
+    def _phrase_cut(text: str) -> int | None:
+        """Index of the space before a phrase-starting word, after enough words for a clause."""
+        words = list(re.finditer(r"\S+(?=\s)", text))  # complete words only
+        for n, word in enumerate(words):
+            if n >= FIRST_CHUNK_PHRASE_WORDS and word.group().lower() in PHRASE_STARTS:
+                return word.start()
         return None
 
     @staticmethod

@@ -28,12 +28,11 @@ class PiperTTS:
         if not config_path.is_file():
             raise ConfigError(f"Piper voice config {config_path} not found (expected beside it)")
         self.voice_path = path
-        # Our own session options instead of PiperVoice.load's defaults: on a small CPU box one
-        # non-spinning thread keeps Piper from starving the LLM and the event loop (it runs
-        # while the LLM is still generating the rest of the reply).
+        # Our own session options instead of PiperVoice.load's defaults: Piper runs while the
+        # LLM is still generating the rest of the reply, and spinning idle threads would take
+        # the LLM's core and the event loop's time on a small CPU box.
         options = ort.SessionOptions()
         if not use_cuda:
-            options.intra_op_num_threads = 1
             options.inter_op_num_threads = 1
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CUDAExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]

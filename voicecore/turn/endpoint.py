@@ -35,7 +35,7 @@ def sounds_complete(transcript: str) -> bool:
     last = words[-1]
     if last in CONTINUATION_WORDS:
         return False
-    if last.isdigit() or last in NUMBER_WORDS:
+    if (last.isdigit() or last in NUMBER_WORDS) and not text.endswith(("?", "!")):
         return False  # likely in the middle of a phone number or an amount
     return True
 

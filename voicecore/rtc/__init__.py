@@ -1,0 +1,33 @@
+"""voicecore on LiveKit, through the raw RTC SDK (`livekit.rtc`), not livekit-agents.
+
+token.py          where the server is; agent, person and worker JWTs
+voice.py          rtc <-> voicecore frames; the agent's one voice shared by a room's conversations
+transcription.py  lk.transcription text streams and the bounded, ordered sends queue
+room.py           AgentRoom: one Conversation (Session) per person, lk.agent.state
+worker.py         DispatchWorker: the /agent websocket protocol, jobs, load, reconnects
+serve.py          `voicecore serve`: a fixed room or dispatch, until SIGINT/SIGTERM
+"""
+
+from voicecore.rtc.room import AgentRoom, Conversation
+from voicecore.rtc.serve import serve, serve_dispatch, serve_room
+from voicecore.rtc.token import Credentials, agent_token, credentials, user_token, worker_token
+from voicecore.rtc.voice import AgentVoice, VoiceLane, from_rtc, to_rtc
+from voicecore.rtc.worker import DispatchWorker
+
+__all__ = [
+    "AgentRoom",
+    "AgentVoice",
+    "Conversation",
+    "Credentials",
+    "DispatchWorker",
+    "VoiceLane",
+    "agent_token",
+    "credentials",
+    "from_rtc",
+    "serve",
+    "serve_dispatch",
+    "serve_room",
+    "to_rtc",
+    "user_token",
+    "worker_token",
+]

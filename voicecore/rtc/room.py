@@ -1,0 +1,348 @@
+"""voicecore in one LiveKit room: a person's microphone in, the agent's voice out.
+
+    track_subscribed(mic) -> rtc.AudioStream (16 kHz mono, 20 ms) -> from_rtc -> Session.push_audio
+    the Session's reply   -> VoiceLane -> AgentVoice (one rtc.AudioSource) -> the agent's mic track
+    SessionHooks          -> lk.transcription text streams and the lk.agent.state attribute
+
+Several people in a room: one `Conversation` (its own Session: VAD, turn state, history) per
+person, so two people's words never meet in one transcript or one prompt. The agent answers
+whoever finished a turn; replies take turns on the agent's single voice (see `voice.py`), and
+only the person being answered can interrupt that answer. `lk.agent.state` shows the busiest
+conversation: speaking > thinking > listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from livekit import rtc
+
+from voicecore.audio.frames import FRAME_MS, split_frames
+from voicecore.audio.resample import resample
+from voicecore.config import Config
+from voicecore.llm.base import Message
+from voicecore.metrics import TurnRecord
+from voicecore.pipeline import Models
+from voicecore.rtc.transcription import Outbox, TranscriptStream
+from voicecore.rtc.voice import AgentVoice, from_rtc
+from voicecore.session import Session, SessionHooks
+from voicecore.turn.state import AgentState
+from voicecore.turn.vad import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+ATTR_STATE = "lk.agent.state"
+AUDIO_BACKLOG = 50  # 20 ms frames a stalled loop may owe one person before the oldest drop
+GREETING_WAIT = 5.0  # seconds to wait for the person to subscribe to the agent before greeting
+STATE_ORDER = [AgentState.INITIALIZING, AgentState.IDLE, AgentState.LISTENING,
+               AgentState.THINKING, AgentState.SPEAKING]  # fmt: skip
+
+
+NOT_PEOPLE = (rtc.ParticipantKind.PARTICIPANT_KIND_AGENT, rtc.ParticipantKind.PARTICIPANT_KIND_EGRESS)
+
+
+def is_person(participant: rtc.RemoteParticipant) -> bool:
+    """Agents (ourselves in another job, other bots) and recorders are not talked to; people
+    on a phone (SIP) or through ingress are."""
+    return participant.kind not in NOT_PEOPLE
+
+
+class Conversation(SessionHooks):
+    """One person in the room: their Session, their lane of the agent's voice, their transcripts."""
+
+    def __init__(self, room: AgentRoom, participant: rtc.RemoteParticipant) -> None:
+        self.room = room
+        self.identity = participant.identity
+        self.track_sid = ""
+        self.state = AgentState.INITIALIZING
+        self.greeting = False
+        local = room.room.local_participant
+        self.user_transcript = TranscriptStream(room.outbox, local, self.identity, lambda: self.track_sid)
+        self.agent_transcript = TranscriptStream(
+            room.outbox, local, local.identity, lambda: room.voice.track_sid
+        )
+        self._reply: list[str] = []
+        self.lane = room.voice.lane(self.identity)
+        self.session = Session(room.models, room.config, self.lane, hooks=self)
+        self._pump: asyncio.Task[None] | None = None
+        self._greet: asyncio.Task[None] | None = None
+
+    # -- SessionHooks: called synchronously by the Session, so they only post sends ------------
+    def on_state(self, state: AgentState) -> None:
+        self.state = state
+        self.room.update_state()
+
+    def on_user_transcript(self, text: str, final: bool) -> None:
+        if final:
+            self.user_transcript.final(text)
+        else:
+            self.user_transcript.interim(text)
+
+    def on_agent_text(self, text: str) -> None:
+        self._reply.append(text)
+        self.agent_transcript.interim(" ".join(self._reply))
+
+    def on_turn(self, record: TurnRecord) -> None:
+        if self.agent_transcript.open:
+            self.agent_transcript.final(record.agent_text)  # as heard: cut at a barge-in
+        self._reply = []
+        latency = record.latencies_ms()
+        log.info(
+            "room %s, %s: turn %d%s, voice-to-voice %s ms",
+            self.room.name, self.identity, record.turn,
+            " (interrupted)" if record.interrupted else "", latency["voice_to_voice"],
+        )  # fmt: skip
+        log.debug("room %s, %s: %r -> %r", self.room.name, self.identity,
+                  record.user_text, record.agent_text)  # fmt: skip
+
+    @property
+    def effective_state(self) -> AgentState:
+        return AgentState.SPEAKING if self.greeting else self.state
+
+    # -- audio in ---------------------------------------------------------------------------------
+    def listen(self, track: rtc.Track, track_sid: str) -> None:
+        """Feed this person's microphone track to their Session (replacing an earlier one)."""
+        if self._pump is not None:
+            self._pump.cancel()
+        self.track_sid = track_sid
+        self._pump = self.room.spawn(self._listen(track), f"listen-{self.identity}")
+
+    def stop_listening(self, track_sid: str) -> None:
+        if self._pump is not None and track_sid == self.track_sid:
+            self._pump.cancel()
+            self._pump = None
+
+    async def _listen(self, track: rtc.Track) -> None:
+        stream = rtc.AudioStream(
+            track, sample_rate=SAMPLE_RATE, num_channels=1, frame_size_ms=FRAME_MS,
+            capacity=AUDIO_BACKLOG,
+        )  # fmt: skip
+        try:
+            async for event in stream:
+                self.session.push_audio(from_rtc(event.frame))
+        finally:
+            await stream.aclose()
+
+    # -- greeting ---------------------------------------------------------------------------------
+    def greet(self, text: str) -> None:
+        self._greet = self.room.spawn(self._say_greeting(text), f"greet-{self.identity}")
+
+    async def _say_greeting(self, text: str) -> None:
+        """Say `text` to this person; stop as soon as they start speaking (they have the floor)."""
+        publication = self.room.voice.publication
+        if publication is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(publication.wait_for_subscription(), GREETING_WAIT)
+        audio = resample(await self.room.models.tts.synthesize(text), self.room.voice.sample_rate)
+        if self.session.busy:
+            return
+        self.greeting = True
+        self.room.update_state()
+        self.agent_transcript.interim(text)
+        played = 0.0
+        try:
+            for frame in split_frames(audio):
+                if self.session.busy:
+                    played -= self.lane.queued_duration
+                    self.lane.clear_queue()
+                    break
+                await self.lane.capture_frame(frame)
+                played += frame.duration
+            else:
+                await self.lane.wait_for_playout()
+        finally:
+            words = text.split()
+            share = min(1.0, played / audio.duration) if audio.duration else 1.0
+            heard = " ".join(words[: int(len(words) * share)])
+            self.agent_transcript.final(heard)
+            if heard:
+                self.session.history.turns.append(Message("assistant", heard))
+            self.greeting = False
+            self.room.update_state()
+
+    async def aclose(self) -> None:
+        for task in (self._greet, self._pump):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self.session.aclose()
+
+
+class AgentRoom:
+    """The agent in one room: joins, publishes its voice, serves every person, leaves cleanly."""
+
+    def __init__(self, models: Models, config: Config, *, leave_when_empty: bool = False) -> None:
+        self.models = models
+        self.config = config
+        self.leave_when_empty = leave_when_empty
+        self.room = rtc.Room()
+        self.name = ""
+        self.voice = AgentVoice(config.audio.output_sample_rate)
+        self.outbox = Outbox("")
+        self.conversations: dict[str, Conversation] = {}
+        self.state: AgentState | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._left = asyncio.Event()
+        self._closing = False
+        self.disconnect_reason: int | None = None  # rtc.DisconnectReason, once the server let go
+        self.room.on("participant_connected", self._on_participant_connected)
+        self.room.on("participant_disconnected", self._on_participant_disconnected)
+        self.room.on("track_subscribed", self._on_track_subscribed)
+        self.room.on("track_unsubscribed", self._on_track_unsubscribed)
+        self.room.on("disconnected", self._on_disconnected)
+
+    @classmethod
+    async def join(
+        cls,
+        models: Models,
+        config: Config,
+        url: str,
+        token: str,
+        *,
+        leave_when_empty: bool = False,
+    ) -> AgentRoom:
+        agent = cls(models, config, leave_when_empty=leave_when_empty)
+        try:
+            await agent._connect(url, token)
+        except BaseException:
+            await agent.aclose()
+            raise
+        return agent
+
+    async def _connect(self, url: str, token: str) -> None:
+        await self.room.connect(url, token, rtc.RoomOptions(auto_subscribe=True))
+        self.name = self.outbox.name = self.room.name
+        self.update_state(AgentState.INITIALIZING)
+        await self.voice.publish(self.room.local_participant)
+        for participant in list(self.room.remote_participants.values()):
+            if not is_person(participant):
+                continue
+            conversation = self._add(participant)
+            for publication in participant.track_publications.values():
+                if publication.track is not None and _is_microphone(publication):
+                    conversation.listen(publication.track, publication.sid)
+        self.update_state()
+
+    @property
+    def identity(self) -> str:
+        return self.room.local_participant.identity
+
+    # -- room events (synchronous callbacks on the loop) ----------------------------------------
+    def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
+        if is_person(participant):
+            self._add(participant)
+
+    def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        conversation = self.conversations.pop(participant.identity, None)
+        if conversation is None:
+            return
+        log.info("room %s: %s left", self.name, participant.identity)
+        self.spawn(conversation.aclose(), f"close-{participant.identity}")
+        self.update_state()
+        people = [
+            p for p in self.room.remote_participants.values()
+            if is_person(p) and p.identity != participant.identity
+        ]  # fmt: skip
+        if self.leave_when_empty and not people:
+            log.info("room %s: everyone left", self.name)
+            self._left.set()
+
+    def _on_track_subscribed(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
+        if is_person(participant) and _is_microphone(publication):
+            self._add(participant).listen(track, publication.sid)
+
+    def _on_track_unsubscribed(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
+        conversation = self.conversations.get(participant.identity)
+        if conversation is not None:
+            conversation.stop_listening(publication.sid)
+
+    def _on_disconnected(self, reason: int | None = None) -> None:
+        log.info("room %s: disconnected (reason %s)", self.name, reason)
+        if not self._closing:
+            self.disconnect_reason = reason
+        self._left.set()
+
+    # -- conversations and state ------------------------------------------------------------------
+    def _add(self, participant: rtc.RemoteParticipant) -> Conversation:
+        conversation = self.conversations.get(participant.identity)
+        if conversation is None and not self._closing:
+            log.info("room %s: %s joined", self.name, participant.identity)
+            conversation = Conversation(self, participant)
+            self.conversations[participant.identity] = conversation
+            if self.config.livekit.greeting:
+                conversation.greet(self.config.livekit.greeting)
+            self.update_state()
+        assert conversation is not None
+        return conversation
+
+    def update_state(self, state: AgentState | None = None) -> None:
+        """Publish `lk.agent.state`: `state`, or the busiest conversation's (listening if none)."""
+        if state is None:
+            states = [c.effective_state for c in self.conversations.values()]
+            state = max(states, key=STATE_ORDER.index, default=AgentState.LISTENING)
+            if state is AgentState.INITIALIZING:
+                state = AgentState.LISTENING
+        if state is self.state:
+            return
+        self.state = state
+        local = self.room.local_participant
+        self.outbox.post(lambda: local.set_attributes({ATTR_STATE: state.value}))
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=f"{self.name}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("room %s: task %s failed", self.name, task.get_name(), exc_info=error)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def wait_closed(self) -> None:
+        """Until the room is gone for us: disconnected, or (leave_when_empty) everyone left."""
+        await self._left.wait()
+
+    @property
+    def closed(self) -> bool:
+        return self._left.is_set()
+
+    async def aclose(self) -> None:
+        """Leave: stop every conversation, flush the last transcripts, disconnect."""
+        if self._closing:
+            return
+        self._closing = True
+        conversations = list(self.conversations.values())
+        self.conversations.clear()
+        await asyncio.gather(*(c.aclose() for c in conversations), return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.outbox.aclose()
+        with contextlib.suppress(Exception):
+            await self.room.disconnect()
+        await self.voice.aclose()
+        self._left.set()
+
+
+def _is_microphone(publication: rtc.TrackPublication) -> bool:
+    return (
+        publication.kind == rtc.TrackKind.KIND_AUDIO
+        and publication.source == rtc.TrackSource.SOURCE_MICROPHONE
+    )

@@ -1,0 +1,106 @@
+"""`voicecore serve`: keep the agent in LiveKit rooms until SIGINT/SIGTERM, then leave cleanly.
+
+Two ways in: a fixed room (`room=NAME`: mint an agent token, join, rejoin if thrown out) or
+dispatch (register as an agent worker; LiveKit assigns rooms). Either way the models are loaded
+once, before, and shared by every room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+
+from livekit import rtc
+
+from voicecore.config import Config
+from voicecore.pipeline import Models
+from voicecore.rtc.room import AgentRoom
+from voicecore.rtc.tasks import wait_first
+from voicecore.rtc.token import Credentials, agent_token
+from voicecore.rtc.worker import RECONNECT_MAX, RECONNECT_MIN, DispatchWorker
+
+
+async def serve(
+    models: Models,
+    config: Config,
+    creds: Credentials,
+    room: str | None = None,
+    notify: Callable[[str], None] = print,
+) -> None:
+    """Serve until SIGINT or SIGTERM (a second signal stops without waiting for rooms to close)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+
+    def on_signal() -> None:
+        if stop.is_set() and main is not None:
+            main.cancel()
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await models.warm_up(config.llm.system_prompt)
+        if room:
+            await serve_room(models, config, creds, room, stop, notify)
+        else:
+            await serve_dispatch(models, config, creds, stop, notify)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def serve_room(
+    models: Models,
+    config: Config,
+    creds: Credentials,
+    room: str,
+    stop: asyncio.Event,
+    notify: Callable[[str], None] = print,
+) -> None:
+    """Stay in `room` until `stop`: join, and join again if the connection is lost for good."""
+    identity = config.livekit.identity
+    delay = RECONNECT_MIN
+    while not stop.is_set():
+        token = agent_token(creds, room, identity, config.livekit.agent_name)
+        try:
+            agent = await AgentRoom.join(models, config, creds.ws_url, token)
+        except Exception as e:
+            notify(f"could not join room {room} on {creds.ws_url} ({e}); retrying in {delay:.1f} s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+            continue
+        delay = RECONNECT_MIN
+        notify(f"joined room {room} on {creds.ws_url} as {identity}")
+        try:
+            await wait_first(stop.wait(), agent.wait_closed())
+        finally:
+            await agent.aclose()
+            notify(f"left room {room}")
+        if agent.disconnect_reason == rtc.DisconnectReason.DUPLICATE_IDENTITY:
+            # Rejoining would throw the other one out, and it us, forever.
+            notify(f"another participant joined room {room} as {identity}; not rejoining")
+            return
+
+
+async def serve_dispatch(
+    models: Models,
+    config: Config,
+    creds: Credentials,
+    stop: asyncio.Event,
+    notify: Callable[[str], None] = print,
+) -> None:
+    """Register as an agent worker until `stop`, then leave every room and unregister."""
+    worker = DispatchWorker(models, config, creds, notify=notify)
+    notify(f"registering agent worker {config.livekit.agent_name!r} on {worker.url}")
+    running = asyncio.create_task(worker.run(), name="agent-worker")
+    try:
+        await wait_first(stop.wait(), asyncio.shield(running))
+    finally:
+        await worker.aclose()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(running, 5.0)
+        notify("agent worker stopped")

@@ -1,0 +1,131 @@
+"""Side channels to the room: transcripts as `lk.transcription` text streams, and the sends queue.
+
+LiveKit's convention (what `useVoiceAssistant` and the agents playground read): each utterance
+is a segment (`lk.segment_id`); every update of a segment is a small text stream carrying the
+whole text so far, `lk.transcription_final` "false" until the last one, `lk.transcribed_track_id`
+naming the audio track the words belong to. A person's transcript is sent on their behalf
+(sender identity = theirs); the agent's own is sent as the agent.
+
+SessionHooks are synchronous and called on the event loop's hot path, so nothing here awaits
+the network in the caller: sends go to an `Outbox`, a bounded queue drained by one task per room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from livekit import rtc
+
+log = logging.getLogger(__name__)
+
+TOPIC = "lk.transcription"
+ATTR_FINAL = "lk.transcription_final"
+ATTR_TRACK = "lk.transcribed_track_id"
+ATTR_SEGMENT = "lk.segment_id"
+
+OUTBOX_SIZE = 64  # sends waiting per room
+SEND_TIMEOUT = 5.0  # one send that takes longer is abandoned (the room is in trouble)
+
+
+class Outbox:
+    """Network sends for one room: in order, one at a time, never awaited by the caller.
+
+    Bounded: when full, an interim update (`droppable`) is the one that goes, the newest if the
+    new one is interim too; a final transcript or a state change only pushes out the oldest send
+    when nothing droppable is left.
+    """
+
+    def __init__(self, name: str, size: int = OUTBOX_SIZE) -> None:
+        self.name = name
+        self.size = size
+        self.dropped = 0
+        self._items: deque[tuple[Callable[[], Awaitable[object]], bool]] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # nothing queued, nothing being sent
+        self._idle.set()
+        self._task = asyncio.create_task(self._run(), name=f"outbox-{name}")
+
+    def post(self, send: Callable[[], Awaitable[object]], *, droppable: bool = False) -> None:
+        if self._task.done():
+            return
+        if len(self._items) >= self.size:
+            self.dropped += 1
+            if droppable:
+                return
+            victim = next((item for item in self._items if item[1]), self._items[0])
+            self._items.remove(victim)
+        self._items.append((send, droppable))
+        self._idle.clear()
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            while not self._items:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+            send, _ = self._items.popleft()
+            try:
+                await asyncio.wait_for(send(), SEND_TIMEOUT)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a failed side-channel send must not end the conversation
+                log.warning("room %s: send failed: %s", self.name, e)
+
+    async def aclose(self, drain: float = 1.0) -> None:
+        """Give queued sends up to `drain` seconds, then stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), drain)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+class TranscriptStream:
+    """One speaker's transcript in a room: segments of interim and final snapshots."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        participant: rtc.LocalParticipant,
+        sender_identity: str,
+        track_sid: Callable[[], str],
+    ) -> None:
+        self._outbox = outbox
+        self._participant = participant
+        self._sender = sender_identity
+        self._track_sid = track_sid
+        self._segment: str | None = None
+
+    def interim(self, text: str) -> None:
+        self._publish(text, final=False)
+
+    def final(self, text: str) -> None:
+        """Close the current segment with its last text (a new one starts with the next words)."""
+        self._publish(text, final=True)
+        self._segment = None
+
+    @property
+    def open(self) -> bool:
+        return self._segment is not None
+
+    def _publish(self, text: str, final: bool) -> None:
+        if self._segment is None:
+            self._segment = f"SG_{uuid.uuid4().hex[:12]}"
+        attributes = {ATTR_FINAL: "true" if final else "false", ATTR_SEGMENT: self._segment}
+        if track_sid := self._track_sid():
+            attributes[ATTR_TRACK] = track_sid
+
+        async def send() -> None:
+            writer = await self._participant.stream_text(
+                topic=TOPIC, sender_identity=self._sender, attributes=attributes
+            )
+            await writer.write(text)
+            await writer.aclose()
+
+        self._outbox.post(send, droppable=not final)

@@ -1,0 +1,327 @@
+"""The dispatch worker: register with LiveKit and take the rooms it hands out (the scale-out path).
+
+The protocol is livekit_agent.proto, as binary protobuf frames on `ws(s)://<server>/agent`
+(header `Authorization: Bearer <JWT with the agent grant>`):
+
+    worker                                      server
+    register(RegisterWorkerRequest)      --->
+                                         <---   register(RegisterWorkerResponse: worker_id)
+    update_worker(status, load, jobs)    --->   on every change and every STATUS_INTERVAL
+                                         <---   availability(AvailabilityRequest: job)
+    availability(job_id, available,      --->   refused at capacity: the server asks another
+      participant identity and name)            worker
+                                         <---   assignment(JobAssignment: job, url, token)
+    [join job.room with the token]
+    update_job(JS_RUNNING)               --->
+                                         <---   termination(job_id): dispatch deleted, room gone
+    [leave] update_job(JS_SUCCESS)       --->
+    ping(timestamp)                      --->
+                                         <---   pong
+
+The server picks among WS_AVAILABLE workers at random, weighted by 1 - load, so load is the
+share of `max_jobs` in use, reported before a job is accepted. When the connection drops (server
+restart, network), the worker reconnects with exponential backoff and registers again; rooms it
+is in stay joined (the RTC connection is separate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from livekit.protocol import agent as proto
+from livekit.protocol import models as proto_models
+
+from voicecore.config import Config
+from voicecore.pipeline import Models
+from voicecore.rtc.room import AgentRoom
+from voicecore.rtc.tasks import wait_first
+from voicecore.rtc.token import Credentials, worker_token
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+STATUS_INTERVAL = 2.5  # seconds between load reports (what livekit-agents sends)
+PING_INTERVAL = 10.0
+HEARTBEAT = 15.0  # websocket ping; a server that stops answering is dropped after this
+CONNECT_TIMEOUT = 10.0
+REGISTER_TIMEOUT = 10.0
+ASSIGNMENT_TIMEOUT = 15.0  # the server gives up on an availability answer after 10 s
+RECONNECT_MIN = 0.5
+RECONNECT_MAX = 15.0
+LEAVE_TIMEOUT = 10.0  # per room, at shutdown
+
+
+class ConnectionLost(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    id: str
+    room: str
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class DispatchWorker:
+    """One process's registration with a LiveKit server; each assigned job is an AgentRoom."""
+
+    def __init__(
+        self,
+        models: Models,
+        config: Config,
+        creds: Credentials,
+        notify: Callable[[str], None] = log.info,
+    ) -> None:
+        self.models = models
+        self.config = config
+        self.creds = creds
+        self.notify = notify
+        self.agent_name = config.livekit.agent_name
+        self.max_jobs = max(1, config.livekit.max_jobs)
+        self.worker_id = ""
+        self.registered = asyncio.Event()
+        self.registrations = 0  # how many times this worker registered (reconnects + 1)
+        self.jobs: dict[str, Job] = {}
+        self._pending: dict[str, asyncio.TimerHandle] = {}  # accepted, awaiting assignment
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._send_lock = asyncio.Lock()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        return self.creds.ws_url.rstrip("/") + "/agent"
+
+    # -- connection -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Register and serve until `aclose()`; reconnect with exponential backoff."""
+        delay = RECONNECT_MIN
+        timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while not self._stopping:
+                try:
+                    await self._connect_and_serve(http)
+                except Exception as e:  # refused, reset, timed out, closed: all mean try again
+                    if self.registered.is_set():
+                        delay = RECONNECT_MIN  # it was healthy: try again soon
+                    reason = str(e) or type(e).__name__
+                    if not self._stopping:
+                        self.notify(
+                            f"agent worker: no connection to {self.url} ({reason}); retrying in {delay:.1f} s"
+                        )
+                finally:
+                    self._ws = None
+                    self.registered.clear()
+                if self._stopping:
+                    break
+                with contextlib.suppress(TimeoutError):  # sleep, unless stopped meanwhile
+                    await asyncio.wait_for(self._stopped.wait(), delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, RECONNECT_MAX)
+
+    async def _connect_and_serve(self, http: aiohttp.ClientSession) -> None:
+        headers = {"Authorization": f"Bearer {worker_token(self.creds)}"}
+        async with http.ws_connect(
+            self.url,
+            headers=headers,
+            params={"protocol": str(PROTOCOL_VERSION)},
+            heartbeat=HEARTBEAT,
+            timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+        ) as ws:
+            permissions = proto_models.ParticipantPermission(
+                can_publish=True,
+                can_subscribe=True,
+                can_publish_data=True,
+                can_update_metadata=True,  # lk.agent.state is a participant attribute
+                agent=True,
+            )
+            register = proto.RegisterWorkerRequest(
+                type=proto.JobType.JT_ROOM,
+                agent_name=self.agent_name,
+                version=_version(),
+                allowed_permissions=permissions,
+            )
+            await ws.send_bytes(proto.WorkerMessage(register=register).SerializeToString())
+            reply = await asyncio.wait_for(_receive(ws), REGISTER_TIMEOUT)
+            if reply.WhichOneof("message") != "register":
+                raise ConnectionLost(f"expected a register reply, got {reply.WhichOneof('message')}")
+            self.worker_id = reply.register.worker_id
+            self._ws = ws
+            self.registrations += 1
+            self.registered.set()
+            self.notify(
+                f"agent worker {self.worker_id}: registered as {self.agent_name!r} on "
+                f"{self.creds.ws_url}, up to {self.max_jobs} rooms"
+            )
+            await self._send_status()
+            tickers = [
+                asyncio.create_task(self._every(STATUS_INTERVAL, self._send_status)),
+                asyncio.create_task(self._every(PING_INTERVAL, self._ping)),
+            ]
+            try:
+                while True:
+                    await self._handle(await _receive(ws))
+            finally:
+                for ticker in tickers:
+                    ticker.cancel()
+                await asyncio.gather(*tickers, return_exceptions=True)
+
+    async def _handle(self, message: proto.ServerMessage) -> None:
+        which = message.WhichOneof("message")
+        if which == "availability":
+            await self._on_availability(message.availability)
+        elif which == "assignment":
+            self._on_assignment(message.assignment)
+        elif which == "termination":
+            self._on_termination(message.termination.job_id)
+        elif which == "pong":
+            rtt = time.time() * 1000 - message.pong.last_timestamp
+            log.debug("agent worker: pong, round trip %.0f ms", rtt)
+
+    async def _send(self, message: proto.WorkerMessage) -> None:
+        ws = self._ws
+        if ws is None or ws.closed:
+            return  # the server forgets this worker's state anyway; we re-register
+        async with self._send_lock:
+            try:
+                await ws.send_bytes(message.SerializeToString())
+            except (aiohttp.ClientError, ConnectionError) as e:
+                log.debug("agent worker: send failed: %s", e)
+
+    @staticmethod
+    async def _every(interval: float, send: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await send()
+
+    async def _ping(self) -> None:
+        await self._send(proto.WorkerMessage(ping=proto.WorkerPing(timestamp=int(time.time() * 1000))))
+
+    # -- load -------------------------------------------------------------------------------------
+    @property
+    def load(self) -> int:
+        """Rooms in use or promised (accepted, not yet assigned)."""
+        return len(self.jobs) + len(self._pending)
+
+    @property
+    def full(self) -> bool:
+        return self._stopping or self.load >= self.max_jobs
+
+    async def _send_status(self) -> None:
+        status = proto.WorkerStatus.WS_FULL if self.full else proto.WorkerStatus.WS_AVAILABLE
+        update = proto.UpdateWorkerStatus(
+            status=status, load=min(1.0, self.load / self.max_jobs), job_count=len(self.jobs)
+        )
+        await self._send(proto.WorkerMessage(update_worker=update))
+
+    # -- jobs -------------------------------------------------------------------------------------
+    async def _on_availability(self, request: proto.AvailabilityRequest) -> None:
+        job = request.job
+        if self.full:
+            log.info("agent worker: refusing room %s (%d rooms, full)", job.room.name, self.load)
+            answer = proto.AvailabilityResponse(job_id=job.id, available=False)
+            await self._send(proto.WorkerMessage(availability=answer))
+            return
+        loop = asyncio.get_running_loop()
+        self._pending[job.id] = loop.call_later(ASSIGNMENT_TIMEOUT, self._forget, job.id)
+        await self._send_status()  # the new load reaches the server before the next dispatch
+        answer = proto.AvailabilityResponse(
+            job_id=job.id,
+            available=True,
+            participant_identity=f"agent-{job.id}",
+            participant_name=self.agent_name,
+        )
+        await self._send(proto.WorkerMessage(availability=answer))
+
+    def _forget(self, job_id: str) -> None:
+        if self._pending.pop(job_id, None) is not None:
+            log.warning("agent worker: job %s was never assigned", job_id)
+
+    def _on_assignment(self, assignment: proto.JobAssignment) -> None:
+        timer = self._pending.pop(assignment.job.id, None)
+        if timer is None:
+            log.warning("agent worker: assignment for unknown job %s", assignment.job.id)
+            return
+        timer.cancel()
+        job = Job(assignment.job.id, assignment.job.room.name)
+        self.jobs[job.id] = job
+        url = assignment.url or self.creds.ws_url  # empty: the server we registered with
+        job.task = asyncio.create_task(self._run_job(job, url, assignment.token))
+
+    def _on_termination(self, job_id: str) -> None:
+        if (job := self.jobs.get(job_id)) is not None:
+            log.info("agent worker: server ended the job in room %s", job.room)
+            job.stop.set()
+
+    async def _run_job(self, job: Job, url: str, token: str) -> None:
+        status, error = proto.JobStatus.JS_SUCCESS, ""
+        agent: AgentRoom | None = None
+        try:
+            agent = await AgentRoom.join(self.models, self.config, url, token, leave_when_empty=True)
+            await self._send_job_status(job, proto.JobStatus.JS_RUNNING)
+            self.notify(f"joined room {job.room}")
+            await wait_first(job.stop.wait(), agent.wait_closed())
+        except Exception as e:
+            status, error = proto.JobStatus.JS_FAILED, str(e) or type(e).__name__
+            log.exception("agent worker: job in room %s failed", job.room)
+        finally:
+            if agent is not None:
+                await agent.aclose()
+                self.notify(f"left room {job.room}")
+            self.jobs.pop(job.id, None)
+            await self._send_job_status(job, status, error)
+            await self._send_status()
+
+    async def _send_job_status(self, job: Job, status: int, error: str = "") -> None:
+        update = proto.UpdateJobStatus(job_id=job.id, status=status, error=error)  # type: ignore[arg-type]
+        await self._send(proto.WorkerMessage(update_job=update))
+
+    # -- shutdown ---------------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Take no new rooms, leave every room (reporting each job done), close the connection."""
+        self._stopping = True
+        self._stopped.set()
+        await self._send_status()
+        jobs = list(self.jobs.values())
+        for job in jobs:
+            job.stop.set()
+        tasks = [job.task for job in jobs if job.task is not None]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=LEAVE_TIMEOUT)
+            for task in late:
+                task.cancel()
+        for timer in self._pending.values():
+            timer.cancel()
+        self._pending.clear()
+        if self._ws is not None:
+            await self._ws.close()
+
+
+async def _receive(ws: aiohttp.ClientWebSocketResponse) -> proto.ServerMessage:
+    """The next protobuf message from the server; other frame types are skipped."""
+    while True:
+        frame = await ws.receive()
+        if frame.type == aiohttp.WSMsgType.BINARY:
+            message = proto.ServerMessage()
+            message.ParseFromString(frame.data)
+            return message
+        if frame.type in (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.CLOSING,
+            aiohttp.WSMsgType.CLOSED,
+            aiohttp.WSMsgType.ERROR,
+        ):
+            raise ConnectionLost(f"websocket closed (code {ws.close_code})")
+
+
+def _version() -> str:
+    from voicecore import __version__
+
+    return __version__
