@@ -16,7 +16,7 @@ import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -57,13 +57,18 @@ async def main(limit: int | None) -> Path:
         }
         samples.append(sample)
         stages = " ".join(f"{k[:8]}={v}" for k, v in (sample["latency_ms"] or {}).items())
-        print(f"[{n}/{len(recs)}] {rec.name} ({time.monotonic() - started:.1f} s): {stages}\n"
-              f"    {sample['user_text']!r} -> {sample['reply'][:60]!r}", flush=True)
+        print(
+            f"[{n}/{len(recs)}] {rec.name} ({time.monotonic() - started:.1f} s): {stages}\n"
+            f"    {sample['user_text']!r} -> {sample['reply'][:60]!r}",
+            flush=True,
+        )
     models.close()
     stages = [k for k in samples[0]["latency_ms"]] if samples and samples[0]["latency_ms"] else []
     summary: dict[str, dict[str, float]] = {}
     for stage in stages:
-        values = [s["latency_ms"][stage] for s in samples if s["latency_ms"] and s["latency_ms"][stage] is not None]
+        values = [
+            s["latency_ms"][stage] for s in samples if s["latency_ms"] and s["latency_ms"][stage] is not None
+        ]
         if values:
             summary[stage] = {
                 "p50": round(statistics.median(values), 1),
@@ -73,8 +78,12 @@ async def main(limit: int | None) -> Path:
     answered = sum(1 for s in samples if s["reply"])
     doc = {
         "benchmark": "talk_latency",
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "versions": report(config)["packages"],
         "summary_ms": summary,
         "answered": answered,
@@ -82,7 +91,7 @@ async def main(limit: int | None) -> Path:
         "samples": samples,
     }
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"talk-latency-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}.json"
+    path = RESULTS / f"talk-latency-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
     path.write_text(json.dumps(doc, indent=2))
     (RESULTS / "talk-latency-latest.json").write_text(json.dumps(doc, indent=2))
     print(json.dumps(summary, indent=2))
@@ -91,6 +100,8 @@ async def main(limit: int | None) -> Path:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--limit", type=int, default=None, help="only the first N recordings")
     asyncio.run(main(parser.parse_args().limit))

@@ -13,8 +13,7 @@ from voicecore.audio.resample import resample
 def join(*parts: AudioFrame | float) -> AudioFrame:
     """Concatenate 16 kHz audio and pauses given in seconds."""
     arrays = [
-        np.zeros(int(p * 16_000), np.int16) if isinstance(p, (int, float)) else p.samples
-        for p in parts
+        np.zeros(int(p * 16_000), np.int16) if isinstance(p, (int, float)) else p.samples for p in parts
     ]
     return AudioFrame(np.concatenate(arrays), 16_000)
 

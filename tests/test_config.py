@@ -20,7 +20,10 @@ def test_defaults_use_bundled_models_and_short_prompt():
 
 def test_precedence_toml_then_env_then_flags(tmp_path: Path):
     toml = tmp_path / "voicecore.toml"
-    toml.write_text('[llm]\ntemperature = 0.5\nmax_tokens = 50\nmodel = "/from/toml.gguf"\n[turn]\nmin_endpoint_delay = 0.3\n')
+    toml.write_text(
+        '[llm]\ntemperature = 0.5\nmax_tokens = 50\nmodel = "/from/toml.gguf"\n'
+        "[turn]\nmin_endpoint_delay = 0.3\n"
+    )
     env = {"VOICECORE_LLM_MAX_TOKENS": "60", "VOICECORE_LLM_MODEL": "/from/env.gguf", "HOME": "/x"}
     config = load_config(toml, env=env, overrides={"llm.model": "/from/flag.gguf", "stt.model": None})
     assert config.llm.temperature == 0.5  # TOML only

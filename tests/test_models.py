@@ -61,13 +61,19 @@ async def test_stt_of_silence_is_empty(models):
 
 
 async def test_llm_answers_paris(models, config):
-    messages = [Message("system", config.llm.system_prompt), Message("user", "What is the capital of France?")]
+    messages = [
+        Message("system", config.llm.system_prompt),
+        Message("user", "What is the capital of France?"),
+    ]
     reply = "".join([piece async for piece in models.llm.stream(messages)])
     assert "Paris" in reply
 
 
 async def test_llm_stream_can_be_abandoned_and_the_engine_reused(models, config):
-    messages = [Message("system", config.llm.system_prompt), Message("user", "Tell me a long story about a dragon.")]
+    messages = [
+        Message("system", config.llm.system_prompt),
+        Message("user", "Tell me a long story about a dragon."),
+    ]
     stream = models.llm.stream(messages)
     pieces = []
     async for piece in stream:
@@ -75,7 +81,10 @@ async def test_llm_stream_can_be_abandoned_and_the_engine_reused(models, config)
         if len(pieces) == 3:
             break
     await stream.aclose()
-    question = [Message("system", config.llm.system_prompt), Message("user", "What is the capital of France?")]
+    question = [
+        Message("system", config.llm.system_prompt),
+        Message("user", "What is the capital of France?"),
+    ]
     reply = await asyncio.wait_for(_collect(models.llm.stream(question)), timeout=10)
     assert "Paris" in reply
 

@@ -68,8 +68,11 @@ async def test_barge_in_stops_the_agent_and_keeps_only_what_was_heard(models, co
     hooks = Recorder()
     session = Session(models, config, sink, hooks)
     try:
-        await feed(session, join(0.3, say("Tell me a long story about a brave little cat.")),
-                   until=lambda: session.state is AgentState.SPEAKING)
+        await feed(
+            session,
+            join(0.3, say("Tell me a long story about a brave little cat.")),
+            until=lambda: session.state is AgentState.SPEAKING,
+        )
         assert session.state is AgentState.SPEAKING
         interruption = say("Stop. What is two plus two?")
         await feed(session, AudioFrame.silence(1.0, 16000), until=lambda: False, max_seconds=1.0)
@@ -136,8 +139,12 @@ async def test_ten_minutes_of_noise_no_turn_bounded_memory(models, config):
 
 
 async def test_silence_and_clipping_do_not_crash(models, config, say):
-    clipped = AudioFrame(np.clip(say("What is the capital of France?").samples.astype(np.int32) * 8,
-                                 -32768, 32767).astype(np.int16), 16000)
+    clipped = AudioFrame(
+        np.clip(say("What is the capital of France?").samples.astype(np.int32) * 8, -32768, 32767).astype(
+            np.int16
+        ),
+        16000,
+    )
     dc = AudioFrame(np.full(16000 * 3, 8000, np.int16), 16000)
     result = await talk(models, config, join(AudioFrame.silence(5.0, 16000), dc, clipped))
     assert len(result.turns) <= 1

@@ -186,6 +186,4 @@ def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:
             raise ValueError(value)
         return base(value)
     except (TypeError, ValueError):
-        raise ConfigError(
-            f"{source}: {name} = {value!r} is not a valid {base.__name__}"
-        ) from None
+        raise ConfigError(f"{source}: {name} = {value!r} is not a valid {base.__name__}") from None

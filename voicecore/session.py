@@ -179,8 +179,8 @@ class Session:
             else:
                 chunks.put_nowait(None)  # no words: a cough, a noise; nothing to answer
             await committed.wait()
-            turn.speculative = turn.stt_final is not None and turn.endpoint is not None and (
-                turn.stt_final <= turn.endpoint
+            turn.speculative = (
+                turn.stt_final is not None and turn.endpoint is not None and (turn.stt_final <= turn.endpoint)
             )
             if transcript.text:
                 self.hooks.on_user_transcript(transcript.text, True)
@@ -236,9 +236,7 @@ class Session:
             turn.tts_first_audio = self.clock()
         await chunks.put((text, resample(audio, self.config.audio.output_sample_rate)))
 
-    async def _playout(
-        self, turn: TurnRecord, chunks: asyncio.Queue[tuple[str, AudioFrame] | None]
-    ) -> None:
+    async def _playout(self, turn: TurnRecord, chunks: asyncio.Queue[tuple[str, AudioFrame] | None]) -> None:
         while (item := await chunks.get()) is not None:
             text, audio = item
             if turn.first_frame_out is None:
@@ -359,8 +357,10 @@ class Session:
     @property
     def busy(self) -> bool:
         """True while a turn is in progress (user speaking, agent thinking or speaking)."""
-        return self._machine.state is not TurnState.LISTENING or self._reply_task is not None and (
-            not self._reply_task.done()
+        return (
+            self._machine.state is not TurnState.LISTENING
+            or self._reply_task is not None
+            and (not self._reply_task.done())
         )
 
     async def aclose(self) -> None:
