@@ -171,3 +171,27 @@ async def test_session_accepts_48k_and_8k_input(models, config, say):
         finally:
             await session.aclose()
         assert session.records and "Paris" in session.records[0].agent_text, rate
+
+
+class Transcripts(SessionHooks):
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bool]] = []
+
+    def on_user_transcript(self, text: str, final: bool) -> None:
+        self.seen.append((text, final))
+
+
+async def test_interim_transcripts_arrive_while_the_user_speaks(models, config, say):
+    hooks = Transcripts()
+    session = Session(models, config, RealtimeSink(config.audio.output_sample_rate), hooks)
+    sentence = say("Please tell me how many people live in the city of Paris these days.")
+    assert sentence.duration > 3.0
+    try:
+        await feed(session, join(0.3, sentence), until=lambda: any(f for _, f in hooks.seen), max_seconds=15)
+    finally:
+        await session.aclose()
+    interims = [t for t, final in hooks.seen if not final]
+    finals = [t for t, final in hooks.seen if final]
+    assert len(interims) >= 2 and len(finals) == 1
+    assert hooks.seen.index((finals[0], True)) > hooks.seen.index((interims[0], False))
+    assert words(interims[0])[:2] == words(finals[0])[:2] == ["please", "tell"]
