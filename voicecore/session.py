@@ -73,6 +73,9 @@ class SessionHooks:
     def on_turn(self, record: TurnRecord) -> None:
         """A turn is over (answered or interrupted)."""
 
+    def on_error(self, stage: str, error: BaseException) -> None:
+        """A stage ("stt", "llm" or "tts") failed or timed out; the turn ends with an apology."""
+
 
 @dataclass
 class _Spoken:
@@ -168,11 +171,23 @@ class Session:
     async def _reply(self, turn: TurnRecord, audio: np.ndarray, committed: asyncio.Event) -> None:
         producer: asyncio.Task[None] | None = None
         try:
-            transcript = await self.models.stt.transcribe(audio, final=True)
+            chunks: asyncio.Queue[tuple[str, AudioFrame] | None] = asyncio.Queue(CHUNKS_AHEAD)
+            timeout = self.config.turn.stage_timeout
+            try:
+                transcript = await asyncio.wait_for(
+                    self.models.stt.transcribe(audio, final=True), timeout
+                )
+            except Exception as e:  # a failed or hung STT: apologise once the turn is ours
+                self._stage_failed(turn, "stt", e)
+                await committed.wait()
+                producer = asyncio.create_task(self._apologise(turn, chunks))
+                await self._playout(turn, chunks)
+                await self.sink.wait_for_playout()
+                self._finish_turn(turn)
+                return
             turn.stt_final = self.clock()
             turn.user_text = transcript.text
             self._machine.on_transcript(transcript.text)
-            chunks: asyncio.Queue[tuple[str, AudioFrame] | None] = asyncio.Queue(CHUNKS_AHEAD)
             if transcript.text:
                 messages = [*self.history.messages(), Message("user", transcript.text)]
                 producer = asyncio.create_task(self._produce(turn, messages, chunks))
@@ -213,28 +228,67 @@ class Session:
         self.history.trim(
             self.models.llm.context_tokens - self.config.llm.max_tokens, self.models.llm.count_tokens
         )
+        timeout = self.config.turn.stage_timeout
+        stream = self.models.llm.stream(messages)
         try:
-            async for piece in self.models.llm.stream(messages):
+            while True:
+                try:
+                    piece = await asyncio.wait_for(anext(stream), timeout)
+                except StopAsyncIteration:
+                    break
+                except Exception as e:
+                    self._stage_failed(turn, "llm", e)
+                    await self._apologise(turn, chunks)
+                    return
                 if turn.llm_first_token is None:
                     turn.llm_first_token = self.clock()
                 for text in chunker.push(piece):
-                    await self._speak_chunk(turn, text, chunks)
+                    if not await self._speak_chunk(turn, text, chunks):
+                        return
             for text in chunker.flush():
-                await self._speak_chunk(turn, text, chunks)
-        except Exception:
-            log.exception("reply generation failed in turn %d", turn.turn)
+                if not await self._speak_chunk(turn, text, chunks):
+                    return
         finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
             await chunks.put(None)
 
-    async def _speak_chunk(
-        self, turn: TurnRecord, text: str, chunks: asyncio.Queue[tuple[str, AudioFrame] | None]
+    async def _apologise(
+        self, turn: TurnRecord, chunks: asyncio.Queue[tuple[str, AudioFrame] | None]
     ) -> None:
-        if turn.first_chunk_text is None:
+        """Say the configured apology (unless TTS itself is what failed), then end the reply."""
+        apology = self.config.turn.apology
+        if apology and "tts" not in turn.extra.get("failed", []):
+            await self._speak_chunk(turn, apology, chunks, apology=True)
+        await chunks.put(None)
+
+    def _stage_failed(self, turn: TurnRecord, stage: str, error: BaseException) -> None:
+        kind = "timed out" if isinstance(error, TimeoutError) else f"failed: {error!r}"
+        log.error("turn %d: %s %s", turn.turn, stage, kind)
+        turn.extra.setdefault("failed", []).append(stage)
+        self.hooks.on_error(stage, error)
+
+    async def _speak_chunk(
+        self,
+        turn: TurnRecord,
+        text: str,
+        chunks: asyncio.Queue[tuple[str, AudioFrame] | None],
+        apology: bool = False,
+    ) -> bool:
+        """Synthesise one chunk and queue it for playout; False if TTS failed."""
+        if turn.first_chunk_text is None and not apology:
             turn.first_chunk_text = self.clock()
-        audio = await self.models.tts.synthesize(text)
-        if turn.tts_first_audio is None:
+        try:
+            audio = await asyncio.wait_for(
+                self.models.tts.synthesize(text), self.config.turn.stage_timeout
+            )
+        except Exception as e:
+            self._stage_failed(turn, "tts", e)
+            return False
+        if turn.tts_first_audio is None and not apology:
             turn.tts_first_audio = self.clock()
         await chunks.put((text, resample(audio, self.config.audio.output_sample_rate)))
+        return True
 
     async def _playout(self, turn: TurnRecord, chunks: asyncio.Queue[tuple[str, AudioFrame] | None]) -> None:
         while (item := await chunks.get()) is not None:

@@ -1,0 +1,121 @@
+"""A model stage that raises or hangs: the turn ends with a spoken apology in bounded time, the
+conversation goes on, other conversations are untouched. The faults are injected with small
+wrappers around the real models (the one place a fake is allowed: real models don't fail on
+demand)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from dataclasses import replace
+
+from helpers import join, transcribe, words
+from test_pipeline import feed
+
+from voicecore import AudioFrame, Models, RealtimeSink, Session, SessionHooks
+
+
+class Faulty:
+    """Wraps a stage; while `mode` is "raise" or "hang", its next call fails that way."""
+
+    def __init__(self, stage, method: str) -> None:
+        self._stage = stage
+        self._method = method
+        self.mode = "ok"
+
+    def __getattr__(self, name):
+        target = getattr(self._stage, name)
+        if name != self._method:
+            return target
+        if self._method == "stream":
+            return self._stream
+        return self._call
+
+    async def _fail(self) -> None:
+        if self.mode == "raise":
+            raise RuntimeError("injected fault")
+        if self.mode == "hang":
+            await asyncio.sleep(3600)
+
+    async def _call(self, *args, **kwargs):
+        await self._fail()
+        return await getattr(self._stage, self._method)(*args, **kwargs)
+
+    async def _stream(self, *args, **kwargs):
+        await self._fail()
+        async for piece in self._stage.stream(*args, **kwargs):
+            yield piece
+
+
+class Errors(SessionHooks):
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def on_error(self, stage: str, error: BaseException) -> None:
+        self.errors.append(stage)
+
+
+async def converse(models: Models, config, audio: AudioFrame, hooks: SessionHooks):
+    sink = RealtimeSink(config.audio.output_sample_rate)
+    session = Session(models, config, sink, hooks)
+    started = time.monotonic()
+    try:
+        await feed(session, audio, until=lambda: bool(session.records) and not session.busy, max_seconds=25)
+    finally:
+        await session.aclose()
+    return session, sink, time.monotonic() - started
+
+
+async def test_llm_hang_and_stt_error_end_with_an_apology_others_untouched(models, config, say):
+    config = copy.deepcopy(config)
+    config.turn.stage_timeout = 1.5
+    llm, stt = Faulty(models.llm, "stream"), Faulty(models.stt, "transcribe")
+    faulty = replace(models, llm=llm, stt=stt)
+    question = join(0.3, say("What is the capital of France?"))
+    llm.mode = "hang"
+    hooks, healthy_hooks = Errors(), Errors()
+    (session, sink, took), (other, other_sink, _) = await asyncio.gather(
+        converse(faulty, config, question, hooks),
+        converse(models, config, question, healthy_hooks),
+    )
+    assert hooks.errors == ["llm"]
+    assert "sorry" in words(await transcribe(models, sink.played()))
+    assert took < question.duration + config.turn.stage_timeout + 6
+    assert "Paris" in other.records[0].agent_text and healthy_hooks.errors == []
+    assert "Paris" in await transcribe(models, other_sink.played())
+
+    # the same conversation goes on: an STT fault, then a healthy turn
+    stt.mode, llm.mode = "raise", "ok"
+    session2, sink2, _ = await converse(faulty, config, question, hooks)
+    assert hooks.errors == ["llm", "stt"]
+    assert "sorry" in words(await transcribe(models, sink2.played()))
+    stt.mode = "ok"
+    session3, _, _ = await converse(faulty, config, question, hooks)
+    assert "Paris" in session3.records[0].agent_text
+
+
+async def test_tts_error_ends_the_turn_silently_and_the_next_turn_works(models, config, say):
+    config = copy.deepcopy(config)
+    config.turn.stage_timeout = 1.5
+    tts = Faulty(models.tts, "synthesize")
+    tts.mode = "raise"
+    faulty = replace(models, tts=tts)
+    hooks = Errors()
+    sink = RealtimeSink(config.audio.output_sample_rate)
+    session = Session(faulty, config, sink, hooks)
+    first = join(0.3, say("What is the capital of France?"), 3.0)
+    try:
+        await feed(session, first, until=lambda: False, max_seconds=first.duration)
+        assert session.records and not session.busy
+        tts.mode = "ok"
+        await feed(
+            session,
+            join(0.3, say("What is the capital of France?")),
+            until=lambda: len(session.records) == 2 and not session.busy,
+            max_seconds=20,
+        )
+    finally:
+        await session.aclose()
+    assert "tts" in hooks.errors
+    assert "Paris" in session.records[1].agent_text
