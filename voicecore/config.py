@@ -46,6 +46,10 @@ class TurnConfig:
     min_interruption: float = 0.12
     max_utterance: float = 28.0  # Whisper's window is 30 s: a longer monologue is cut into turns
     interim_interval: float = 1.0  # seconds of new speech between interim transcripts
+    # A model stage that raises, or takes longer than this (STT, the LLM's next token, one TTS
+    # chunk), ends the turn with the apology below; the conversation goes on.
+    stage_timeout: float = 8.0
+    apology: str = "Sorry, something went wrong on my side. Could you say that again?"
 
 
 @dataclass
@@ -99,6 +103,34 @@ class LiveKitConfig:
     identity: str = "voicecore-agent"  # the agent's identity in a fixed room (`serve --room`)
     max_jobs: int = 8  # rooms one process serves in worker mode; at this many it reports WS_FULL
     greeting: str = ""  # said to each person who joins; empty = the agent waits to be spoken to
+    # Each turn's latency record, as JSON on text stream topic `voicecore.metrics`, to the person
+    # answered (the talk page shows it; docs/web.md).
+    turn_metrics: bool = True
+
+
+@dataclass
+class HttpConfig:
+    # `voicecore serve` also answers HTTP on this address: the talk page, connection details for
+    # browsers, health and Prometheus metrics (docs/web.md). Loopback unless you say otherwise.
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080  # 0 = any free port (the one chosen is printed)
+    # Required by POST /api/connection-details outside --dev when set (VOICECORE_HTTP_API_KEY);
+    # unset, only same-origin requests from the served page get tokens. Never logged.
+    api_key: str | None = field(default=None, repr=False)
+    allowed_origins: str = ""  # comma-separated extra browser origins allowed to ask for tokens
+    public_livekit_url: str | None = None  # LiveKit URL handed to browsers; None = livekit.url
+    token_ttl: float = 600.0  # seconds a handed-out participant token can be used to join
+    rate_per_minute: float = 12.0  # connection details per client IP, sustained ...
+    rate_burst: int = 6  # ... after a burst of this many
+    trust_proxy: bool = False  # client IP from X-Forwarded-For: only behind your own proxy
+
+
+@dataclass
+class MetricsConfig:
+    # Append each finished turn's TurnRecord (with room and participant) to this JSONL file, one
+    # flushed line per turn; unset = no file. The benchmarks read it to split latency by stage.
+    turn_log: str | None = None
 
 
 @dataclass
@@ -110,6 +142,8 @@ class Config:
     tts: TtsConfig = field(default_factory=TtsConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     livekit: LiveKitConfig = field(default_factory=LiveKitConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
