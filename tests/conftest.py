@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import join, transcribe, words  # noqa: F401  (re-exported for tests)
+from livekit_fixtures import LiveKitServer, livekit_binary
 
 from voicecore import AudioFrame, Config, Models, load_config, load_models
 from voicecore.audio.resample import resample
@@ -53,3 +54,15 @@ def say(models: Models):
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
+    """One real livekit-server for the whole session (test_livekit.py, test_web.py)."""
+    binary = livekit_binary()
+    if binary is None:
+        pytest.skip("livekit-server not found (bin/setup builds it)")
+    server = LiveKitServer(binary, tmp_path_factory.mktemp("livekit"))
+    server.start()
+    yield server
+    server.stop()

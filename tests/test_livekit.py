@@ -11,14 +11,12 @@ import asyncio
 import copy
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,12 +25,12 @@ import numpy as np
 import pytest
 from helpers import transcribe, words
 from livekit import api, rtc
+from livekit_fixtures import ROOT, LiveKitServer
 
 from voicecore import AudioFrame, Config, ConfigError, Models, load_config
 from voicecore.rtc import AgentRoom, Credentials, DispatchWorker, agent_token, credentials, user_token
 from voicecore.rtc.transcription import ATTR_FINAL, ATTR_SEGMENT, ATTR_TRACK, TOPIC
 
-ROOT = Path(__file__).resolve().parent.parent
 RATE = 16_000
 FRAME = RATE // 50  # 20 ms
 LOUD = 300  # int16 peak above which a received frame counts as agent speech (Opus noise is ~0)
@@ -41,74 +39,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning"),
 ]
-
-
-# -- the server ------------------------------------------------------------------------------------
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveKitServer:
-    """`livekit-server --dev` on loopback ports of its own; can be stopped and started again."""
-
-    def __init__(self, binary: str, workdir: Path) -> None:
-        self.binary = binary
-        self.port = _free_port()
-        self.config = workdir / "livekit.yaml"
-        self.config.write_text(
-            f"port: {self.port}\n"
-            "rtc:\n"
-            f"  tcp_port: {_free_port()}\n"
-            f"  udp_port: {_free_port(socket.SOCK_DGRAM)}\n"
-            "  use_external_ip: false\n"
-            "  node_ip: 127.0.0.1\n"
-        )
-        self.log = workdir / "livekit.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.creds = Credentials(f"ws://127.0.0.1:{self.port}", "devkey", "secret")
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [self.binary, "--dev", "--bind", "127.0.0.1", "--config", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"livekit-server exited; see {self.log}"
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError(f"livekit-server did not listen on {self.port}; see {self.log}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # graceful: it waits for rooms to empty, a while at most
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def api(self) -> api.LiveKitAPI:
-        return api.LiveKitAPI(self.creds.http_url, self.creds.api_key, self.creds.api_secret)
-
-
-@pytest.fixture(scope="session")
-def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
-    binary = shutil.which("livekit-server") or str(ROOT / ".local" / "bin" / "livekit-server")
-    if not os.access(binary, os.X_OK):
-        pytest.skip("livekit-server not found (bin/setup builds it)")
-    server = LiveKitServer(binary, tmp_path_factory.mktemp("livekit"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -579,6 +509,8 @@ async def test_two_worker_processes_share_six_rooms(livekit_server: LiveKitServe
                     "-m",
                     "voicecore",
                     "serve",
+                    "--dev",  # devkey/secret: refused without it
+                    "--no-http",  # two processes, one machine: no port 8080 for both
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     env=env,

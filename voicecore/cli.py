@@ -148,6 +148,14 @@ def serve(
             "and take the rooms LiveKit dispatches."
         ),
     ] = None,
+    dev: Annotated[
+        bool,
+        typer.Option(
+            "--dev",
+            help="Local development: start livekit-server --dev if no LiveKit URL is set, accept its "
+            "public devkey/secret, and hand out tokens over HTTP without a key.",
+        ),
+    ] = False,
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
     api_secret: ApiSecretOption = None,
@@ -158,6 +166,14 @@ def serve(
     greeting: Annotated[
         str | None, typer.Option(help="Said to each person who joins (default: nothing).")
     ] = None,
+    http: Annotated[
+        bool | None,
+        typer.Option("--http/--no-http", help="Serve the talk page, the token API, health and metrics."),
+    ] = None,
+    http_host: Annotated[
+        str | None, typer.Option(help="Address for HTTP (default 127.0.0.1: this machine only).")
+    ] = None,
+    http_port: Annotated[int | None, typer.Option(help="Port for HTTP (default 8080; 0: any free).")] = None,
     config: ConfigOption = None,
     llm_model: Annotated[str | None, typer.Option(help="LLM: .gguf path or hub id.")] = None,
     stt_model: Annotated[str | None, typer.Option(help="Whisper: path or hub id.")] = None,
@@ -165,12 +181,15 @@ def serve(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Be the agent in LiveKit rooms until Ctrl-C: one room (--room), or every room LiveKit
-    dispatches to this worker. Models are loaded once and shared by all rooms."""
+    dispatches to this worker; and serve the talk page at http://127.0.0.1:8080/. Models are
+    loaded once and shared by all rooms."""
     _logging(verbose)
     from voicecore.pipeline import load_models
-    from voicecore.rtc.serve import serve as run_serve
-    from voicecore.rtc.token import credentials
+    from voicecore.rtc.devserver import LocalLiveKit
+    from voicecore.rtc.token import DEV_API_KEY, DEV_API_SECRET, credentials, refuse_dev_keys
+    from voicecore.service import ServeOptions, run
 
+    local: LocalLiveKit | None = None
     try:
         cfg = _config(
             config,
@@ -181,22 +200,37 @@ def serve(
                 "livekit.agent_name": agent_name,
                 "livekit.max_jobs": max_jobs,
                 "livekit.greeting": greeting,
+                "http.enabled": http,
+                "http.host": http_host,
+                "http.port": http_port,
                 "llm.model": llm_model,
                 "stt.model": stt_model,
                 "tts.voice": voice,
             },
         )
-        creds = credentials(cfg.livekit)
-        typer.echo("loading models...")
-        models = load_models(cfg)
+        if dev:
+            _quiet_dev_key_warnings()
+        if dev and not (cfg.livekit.url or os.environ.get("LIVEKIT_URL")):
+            local = LocalLiveKit()
+            creds = local.start()
+            _say(f"started livekit-server --dev on {creds.ws_url} (keys {DEV_API_KEY}/{DEV_API_SECRET})")
+        elif dev:
+            lk = cfg.livekit
+            lk.api_key = lk.api_key or os.environ.get("LIVEKIT_API_KEY") or DEV_API_KEY
+            lk.api_secret = lk.api_secret or os.environ.get("LIVEKIT_API_SECRET") or DEV_API_SECRET
+            creds = credentials(lk)
+        else:
+            creds = credentials(cfg.livekit)
+            refuse_dev_keys(creds)
+        options = ServeOptions(room=room, dev=dev)
+        asyncio.run(run(cfg, creds, lambda: load_models(cfg), options, notify=_say))
     except VoicecoreError as e:
         _fail(e)
-    try:
-        asyncio.run(run_serve(models, cfg, creds, room, notify=_say))
     except KeyboardInterrupt:
         pass
     finally:
-        models.close()
+        if local is not None:
+            local.stop()
 
 
 @app.command()
@@ -221,6 +255,15 @@ def token(
         _fail(e)
     ttl = datetime.timedelta(hours=ttl_hours)
     typer.echo(user_token(creds, room, identity, name or identity, ttl=ttl))
+
+
+def _quiet_dev_key_warnings() -> None:
+    """PyJWT warns on every token signed with the 6-byte dev secret; --dev chose it knowingly."""
+    import warnings
+
+    from jwt.warnings import InsecureKeyLengthWarning
+
+    warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
 
 
 def _say(line: str) -> None:

@@ -174,9 +174,7 @@ class Session:
             chunks: asyncio.Queue[tuple[str, AudioFrame] | None] = asyncio.Queue(CHUNKS_AHEAD)
             timeout = self.config.turn.stage_timeout
             try:
-                transcript = await asyncio.wait_for(
-                    self.models.stt.transcribe(audio, final=True), timeout
-                )
+                transcript = await asyncio.wait_for(self.models.stt.transcribe(audio, final=True), timeout)
             except Exception as e:  # a failed or hung STT: apologise once the turn is ours
                 self._stage_failed(turn, "stt", e)
                 await committed.wait()
@@ -279,9 +277,7 @@ class Session:
         if turn.first_chunk_text is None and not apology:
             turn.first_chunk_text = self.clock()
         try:
-            audio = await asyncio.wait_for(
-                self.models.tts.synthesize(text), self.config.turn.stage_timeout
-            )
+            audio = await asyncio.wait_for(self.models.tts.synthesize(text), self.config.turn.stage_timeout)
         except Exception as e:
             self._stage_failed(turn, "tts", e)
             return False

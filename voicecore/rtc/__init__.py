@@ -5,9 +5,12 @@ voice.py          rtc <-> voicecore frames; the agent's one voice shared by a ro
 transcription.py  lk.transcription text streams and the bounded, ordered sends queue
 room.py           AgentRoom: one Conversation (Session) per person, lk.agent.state
 worker.py         DispatchWorker: the /agent websocket protocol, jobs, load, reconnects
-serve.py          `voicecore serve`: a fixed room or dispatch, until SIGINT/SIGTERM
+serve.py          a fixed room or dispatch, until stopped (voicecore/service.py adds HTTP)
+observer.py       Observer: what happens in the rooms, for telemetry and readiness
+devserver.py      `serve --dev`: a local livekit-server as a child process
 """
 
+from voicecore.rtc.observer import Observer, Observers
 from voicecore.rtc.room import AgentRoom, Conversation
 from voicecore.rtc.serve import serve, serve_dispatch, serve_room
 from voicecore.rtc.token import Credentials, agent_token, credentials, user_token, worker_token
@@ -20,6 +23,8 @@ __all__ = [
     "Conversation",
     "Credentials",
     "DispatchWorker",
+    "Observer",
+    "Observers",
     "VoiceLane",
     "agent_token",
     "credentials",

@@ -25,9 +25,10 @@ from voicecore.audio.frames import FRAME_MS, split_frames
 from voicecore.audio.resample import resample
 from voicecore.config import Config
 from voicecore.llm.base import Message
-from voicecore.metrics import TurnRecord
+from voicecore.metrics import TurnLog, TurnRecord
 from voicecore.pipeline import Models
-from voicecore.rtc.transcription import Outbox, TranscriptStream
+from voicecore.rtc.observer import Observer
+from voicecore.rtc.transcription import Outbox, TranscriptStream, post_turn_metrics
 from voicecore.rtc.voice import AgentVoice, from_rtc
 from voicecore.session import Session, SessionHooks
 from voicecore.turn.state import AgentState
@@ -70,6 +71,8 @@ class Conversation(SessionHooks):
         self.session = Session(room.models, room.config, self.lane, hooks=self)
         self._pump: asyncio.Task[None] | None = None
         self._greet: asyncio.Task[None] | None = None
+        self._closed = False
+        room.observer.on_conversation_started(room.name, self.identity)
 
     # -- SessionHooks: called synchronously by the Session, so they only post sends ------------
     def on_state(self, state: AgentState) -> None:
@@ -90,6 +93,11 @@ class Conversation(SessionHooks):
         if self.agent_transcript.open:
             self.agent_transcript.final(record.agent_text)  # as heard: cut at a barge-in
         self._reply = []
+        self.room.observer.on_turn(self.room.name, self.identity, record)
+        if self.room.turn_log is not None:
+            self.room.turn_log.write(record, room=self.room.name, participant=self.identity)
+        if self.room.config.livekit.turn_metrics:
+            post_turn_metrics(self.room.outbox, self.room.room.local_participant, self.identity, record)
         latency = record.latencies_ms()
         log.info(
             "room %s, %s: turn %d%s, voice-to-voice %s ms",
@@ -98,6 +106,9 @@ class Conversation(SessionHooks):
         )  # fmt: skip
         log.debug("room %s, %s: %r -> %r", self.room.name, self.identity,
                   record.user_text, record.agent_text)  # fmt: skip
+
+    def on_error(self, stage: str, error: BaseException) -> None:
+        self.room.observer.on_error(stage)
 
     @property
     def effective_state(self) -> AgentState:
@@ -165,25 +176,39 @@ class Conversation(SessionHooks):
             self.room.update_state()
 
     async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         for task in (self._greet, self._pump):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         await self.session.aclose()
+        self.room.observer.on_conversation_ended(self.room.name, self.identity)
 
 
 class AgentRoom:
     """The agent in one room: joins, publishes its voice, serves every person, leaves cleanly."""
 
-    def __init__(self, models: Models, config: Config, *, leave_when_empty: bool = False) -> None:
+    def __init__(
+        self,
+        models: Models,
+        config: Config,
+        *,
+        leave_when_empty: bool = False,
+        observer: Observer | None = None,
+    ) -> None:
         self.models = models
         self.config = config
         self.leave_when_empty = leave_when_empty
+        self.observer = observer or Observer()
+        self.turn_log = TurnLog(config.metrics.turn_log) if config.metrics.turn_log else None
         self.room = rtc.Room()
         self.name = ""
         self.voice = AgentVoice(config.audio.output_sample_rate)
-        self.outbox = Outbox("")
+        self.outbox = Outbox("", on_failure=lambda: self.observer.on_error("send"))
+        self._joined = False
         self.conversations: dict[str, Conversation] = {}
         self.state: AgentState | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -205,8 +230,9 @@ class AgentRoom:
         token: str,
         *,
         leave_when_empty: bool = False,
+        observer: Observer | None = None,
     ) -> AgentRoom:
-        agent = cls(models, config, leave_when_empty=leave_when_empty)
+        agent = cls(models, config, leave_when_empty=leave_when_empty, observer=observer)
         try:
             await agent._connect(url, token)
         except BaseException:
@@ -217,6 +243,8 @@ class AgentRoom:
     async def _connect(self, url: str, token: str) -> None:
         await self.room.connect(url, token, rtc.RoomOptions(auto_subscribe=True))
         self.name = self.outbox.name = self.room.name
+        self._joined = True
+        self.observer.on_room_joined(self.name)
         self.update_state(AgentState.INITIALIZING)
         await self.voice.publish(self.room.local_participant)
         for participant in list(self.room.remote_participants.values()):
@@ -313,6 +341,7 @@ class AgentRoom:
         self._tasks.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("room %s: task %s failed", self.name, task.get_name(), exc_info=error)
+            self.observer.on_error("room")
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def wait_closed(self) -> None:
@@ -339,6 +368,8 @@ class AgentRoom:
             await self.room.disconnect()
         await self.voice.aclose()
         self._left.set()
+        if self._joined:
+            self.observer.on_room_left(self.name)
 
 
 def _is_microphone(publication: rtc.TrackPublication) -> bool:

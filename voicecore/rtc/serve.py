@@ -1,4 +1,5 @@
-"""`voicecore serve`: keep the agent in LiveKit rooms until SIGINT/SIGTERM, then leave cleanly.
+"""The agent in LiveKit rooms until SIGINT/SIGTERM, then leave cleanly. `voicecore serve` runs
+this through `voicecore.service`, which adds the HTTP side; `serve()` here is the LiveKit side alone.
 
 Two ways in: a fixed room (`room=NAME`: mint an agent token, join, rejoin if thrown out) or
 dispatch (register as an agent worker; LiveKit assigns rooms). Either way the models are loaded
@@ -16,6 +17,7 @@ from livekit import rtc
 
 from voicecore.config import Config
 from voicecore.pipeline import Models
+from voicecore.rtc.observer import Observer
 from voicecore.rtc.room import AgentRoom
 from voicecore.rtc.tasks import wait_first
 from voicecore.rtc.token import Credentials, agent_token
@@ -59,6 +61,7 @@ async def serve_room(
     room: str,
     stop: asyncio.Event,
     notify: Callable[[str], None] = print,
+    observer: Observer | None = None,
 ) -> None:
     """Stay in `room` until `stop`: join, and join again if the connection is lost for good."""
     identity = config.livekit.identity
@@ -66,7 +69,7 @@ async def serve_room(
     while not stop.is_set():
         token = agent_token(creds, room, identity, config.livekit.agent_name)
         try:
-            agent = await AgentRoom.join(models, config, creds.ws_url, token)
+            agent = await AgentRoom.join(models, config, creds.ws_url, token, observer=observer)
         except Exception as e:
             notify(f"could not join room {room} on {creds.ws_url} ({e}); retrying in {delay:.1f} s")
             with contextlib.suppress(TimeoutError):
@@ -92,10 +95,16 @@ async def serve_dispatch(
     creds: Credentials,
     stop: asyncio.Event,
     notify: Callable[[str], None] = print,
+    observer: Observer | None = None,
 ) -> None:
     """Register as an agent worker until `stop`, then leave every room and unregister."""
-    worker = DispatchWorker(models, config, creds, notify=notify)
-    notify(f"registering agent worker {config.livekit.agent_name!r} on {worker.url}")
+    worker = DispatchWorker(models, config, creds, notify=notify, observer=observer)
+    await run_worker(worker, stop, notify)
+
+
+async def run_worker(worker: DispatchWorker, stop: asyncio.Event, notify: Callable[[str], None]) -> None:
+    """Run `worker` until `stop`, then leave every room and unregister."""
+    notify(f"registering agent worker {worker.agent_name!r} on {worker.url}")
     running = asyncio.create_task(worker.run(), name="agent-worker")
     try:
         await wait_first(stop.wait(), asyncio.shield(running))

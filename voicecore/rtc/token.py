@@ -19,6 +19,8 @@ from voicecore.errors import ConfigError
 AGENT_TTL = datetime.timedelta(hours=24)  # a fixed-room agent stays for a long time
 WORKER_TTL = datetime.timedelta(minutes=10)  # only checked when the /agent websocket opens
 USER_TTL = datetime.timedelta(hours=6)
+# livekit-server --dev's built-in pair: anyone knows it, so only `--dev` may use it.
+DEV_API_KEY, DEV_API_SECRET = "devkey", "secret"
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,15 @@ def credentials(
         )
     assert key and secret
     return Credentials(url, key, secret)
+
+
+def refuse_dev_keys(creds: Credentials) -> None:
+    """LiveKit's public development key pair is for `--dev` only: refuse it anywhere else."""
+    if creds.api_key == DEV_API_KEY or creds.api_secret == DEV_API_SECRET:
+        raise ConfigError(
+            "the LiveKit API key/secret is livekit-server's public development pair "
+            f"({DEV_API_KEY}/{DEV_API_SECRET}): pass --dev to use it on your own machine"
+        )
 
 
 def agent_token(creds: Credentials, room: str, identity: str, name: str = "") -> str:
@@ -93,6 +104,38 @@ def user_token(
         .with_ttl(ttl)
         .to_jwt()
     )
+
+
+def browser_token(
+    creds: Credentials,
+    room: str,
+    identity: str,
+    name: str,
+    ttl: datetime.timedelta,
+    agent_name: str | None = None,
+) -> str:
+    """What a browser gets from /api/connection-details: join `room` only (no admin, create or
+    list grants), publish a microphone and nothing else, hear the agent; for `ttl`. With
+    `agent_name`, creating the room dispatches that agent to it (RoomConfiguration.agents)."""
+    grants = api.VideoGrants(
+        room_join=True,
+        room=room,
+        can_publish=True,
+        can_subscribe=True,
+        can_publish_data=False,
+        can_publish_sources=["microphone"],
+    )
+    token = (
+        api.AccessToken(creds.api_key, creds.api_secret)
+        .with_identity(identity)
+        .with_name(name)
+        .with_grants(grants)
+        .with_ttl(ttl)
+    )
+    if agent_name:
+        dispatch = api.RoomAgentDispatch(agent_name=agent_name)
+        token = token.with_room_config(api.RoomConfiguration(agents=[dispatch]))
+    return token.to_jwt()
 
 
 def worker_token(creds: Credentials) -> str:

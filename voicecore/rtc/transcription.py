@@ -1,10 +1,14 @@
-"""Side channels to the room: transcripts as `lk.transcription` text streams, and the sends queue.
+"""Side channels to the room: transcripts as `lk.transcription` text streams, each turn's latency
+record on `voicecore.metrics`, and the sends queue.
 
 LiveKit's convention (what `useVoiceAssistant` and the agents playground read): each utterance
 is a segment (`lk.segment_id`); every update of a segment is a small text stream carrying the
 whole text so far, `lk.transcription_final` "false" until the last one, `lk.transcribed_track_id`
 naming the audio track the words belong to. A person's transcript is sent on their behalf
 (sender identity = theirs); the agent's own is sent as the agent.
+
+voicecore's own addition: when a turn is over, its `TurnRecord` latencies go as one JSON text on
+topic `voicecore.metrics` to the person answered (no one else), for the talk page to show.
 
 SessionHooks are synchronous and called on the event loop's hot path, so nothing here awaits
 the network in the caller: sends go to an `Outbox`, a bounded queue drained by one task per room.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections import deque
@@ -21,12 +26,15 @@ from collections.abc import Awaitable, Callable
 
 from livekit import rtc
 
+from voicecore.metrics import TurnRecord
+
 log = logging.getLogger(__name__)
 
 TOPIC = "lk.transcription"
 ATTR_FINAL = "lk.transcription_final"
 ATTR_TRACK = "lk.transcribed_track_id"
 ATTR_SEGMENT = "lk.segment_id"
+METRICS_TOPIC = "voicecore.metrics"
 
 OUTBOX_SIZE = 64  # sends waiting per room
 SEND_TIMEOUT = 5.0  # one send that takes longer is abandoned (the room is in trouble)
@@ -40,9 +48,12 @@ class Outbox:
     when nothing droppable is left.
     """
 
-    def __init__(self, name: str, size: int = OUTBOX_SIZE) -> None:
+    def __init__(
+        self, name: str, size: int = OUTBOX_SIZE, on_failure: Callable[[], None] | None = None
+    ) -> None:
         self.name = name
         self.size = size
+        self.on_failure = on_failure
         self.dropped = 0
         self._items: deque[tuple[Callable[[], Awaitable[object]], bool]] = deque()
         self._wake = asyncio.Event()
@@ -76,6 +87,8 @@ class Outbox:
                 raise
             except Exception as e:  # a failed side-channel send must not end the conversation
                 log.warning("room %s: send failed: %s", self.name, e)
+                if self.on_failure is not None:
+                    self.on_failure()
 
     async def aclose(self, drain: float = 1.0) -> None:
         """Give queued sends up to `drain` seconds, then stop."""
@@ -129,3 +142,24 @@ class TranscriptStream:
             await writer.aclose()
 
         self._outbox.post(send, droppable=not final)
+
+
+def post_turn_metrics(
+    outbox: Outbox, participant: rtc.LocalParticipant, identity: str, record: TurnRecord
+) -> None:
+    """`record`'s latencies (ms after the end of the person's speech) to `identity` only."""
+    payload = json.dumps(
+        {
+            "turn": record.turn,
+            "interrupted": record.interrupted,
+            "speculative": record.speculative,
+            "latency_ms": record.latencies_ms(),
+        }
+    )
+
+    async def send() -> None:
+        await participant.send_text(
+            payload, topic=METRICS_TOPIC, destination_identities=[identity], compress=False
+        )
+
+    outbox.post(send, droppable=True)

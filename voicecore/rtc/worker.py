@@ -40,6 +40,7 @@ from livekit.protocol import models as proto_models
 
 from voicecore.config import Config
 from voicecore.pipeline import Models
+from voicecore.rtc.observer import Observer
 from voicecore.rtc.room import AgentRoom
 from voicecore.rtc.tasks import wait_first
 from voicecore.rtc.token import Credentials, worker_token
@@ -79,11 +80,13 @@ class DispatchWorker:
         config: Config,
         creds: Credentials,
         notify: Callable[[str], None] = log.info,
+        observer: Observer | None = None,
     ) -> None:
         self.models = models
         self.config = config
         self.creds = creds
         self.notify = notify
+        self.observer = observer or Observer()
         self.agent_name = config.livekit.agent_name
         self.max_jobs = max(1, config.livekit.max_jobs)
         self.worker_id = ""
@@ -264,13 +267,16 @@ class DispatchWorker:
         status, error = proto.JobStatus.JS_SUCCESS, ""
         agent: AgentRoom | None = None
         try:
-            agent = await AgentRoom.join(self.models, self.config, url, token, leave_when_empty=True)
+            agent = await AgentRoom.join(
+                self.models, self.config, url, token, leave_when_empty=True, observer=self.observer
+            )
             await self._send_job_status(job, proto.JobStatus.JS_RUNNING)
             self.notify(f"joined room {job.room}")
             await wait_first(job.stop.wait(), agent.wait_closed())
         except Exception as e:
             status, error = proto.JobStatus.JS_FAILED, str(e) or type(e).__name__
             log.exception("agent worker: job in room %s failed", job.room)
+            self.observer.on_error("job")
         finally:
             if agent is not None:
                 await agent.aclose()

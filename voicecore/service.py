@@ -1,0 +1,129 @@
+"""`voicecore serve`, the whole process: the agent in LiveKit rooms and its HTTP side, on one loop.
+
+    HTTP up first          /healthz answers at once, /readyz says "the models are loading"
+    models load            in a worker thread, then warm up; shared by every room
+    the agent              a fixed room (`--room`) or a dispatch worker, until SIGINT/SIGTERM
+    shutdown               leave the rooms, stop HTTP, free the models
+
+Telemetry (Prometheus) and readiness watch the rooms through one `rtc.Observer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from voicecore.config import Config
+from voicecore.errors import ConfigError
+from voicecore.pipeline import Models
+from voicecore.rtc.observer import Observers
+from voicecore.rtc.serve import run_worker, serve_room
+from voicecore.rtc.token import Credentials
+from voicecore.rtc.worker import DispatchWorker
+from voicecore.telemetry import Telemetry
+from voicecore.web.app import WebContext, WebServer, build_app
+from voicecore.web.auth import AccessPolicy, RateLimiter, is_loopback
+from voicecore.web.details import DetailsIssuer
+from voicecore.web.health import Readiness
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    room: str | None = None  # a fixed room; None = dispatch worker
+    dev: bool = False  # no key needed for connection details (local development)
+
+
+def web_context(
+    config: Config, creds: Credentials, options: ServeOptions, telemetry: Telemetry, readiness: Readiness
+) -> WebContext:
+    http = config.http
+    policy = AccessPolicy.build(
+        dev=options.dev,
+        api_key=http.api_key,
+        allowed_origins=http.allowed_origins.split(","),
+        host=http.host,
+        trust_proxy=http.trust_proxy,
+    )
+    issuer = DetailsIssuer(
+        creds=creds,
+        server_url=http.public_livekit_url or creds.ws_url,
+        ttl=datetime.timedelta(seconds=http.token_ttl),
+        agent_name=config.livekit.agent_name,
+        fixed_room=options.room,
+    )
+    limiter = RateLimiter(http.rate_per_minute, http.rate_burst)
+    return WebContext(policy, limiter, issuer, readiness, telemetry)
+
+
+async def run(
+    config: Config,
+    creds: Credentials,
+    load_models: Callable[[], Models],
+    options: ServeOptions,
+    notify: Callable[[str], None] = print,
+) -> None:
+    """Serve until SIGINT or SIGTERM (a second signal stops without waiting for rooms to close)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+
+    def on_signal() -> None:
+        if stop.is_set() and main is not None:
+            main.cancel()
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    telemetry = Telemetry()
+    readiness = Readiness(creds.http_url)
+    observer = Observers([telemetry, readiness])
+    web: WebServer | None = None
+    page = ""
+    try:
+        if config.http.enabled:
+            app = build_app(web_context(config, creds, options, telemetry, readiness))
+            web = WebServer(app, config.http.host, config.http.port)
+            try:
+                page = await web.start()
+            except OSError as e:
+                raise ConfigError(
+                    f"cannot serve HTTP on {config.http.host}:{config.http.port} ({e.strerror or e}): "
+                    "choose another port with --http-port, or --no-http"
+                ) from None
+            notify(f"HTTP on {page} (models loading)")
+            if not options.dev and not config.http.api_key and not is_loopback(config.http.host):
+                notify(
+                    f"warning: HTTP on {config.http.host} is reachable from other machines and "
+                    "VOICECORE_HTTP_API_KEY is not set: anyone who can open the page can talk to the agent"
+                )
+        notify("loading models...")
+        models = await asyncio.to_thread(load_models)
+        try:
+            await models.warm_up(config.llm.system_prompt)
+            readiness.models_ready = True
+            if web is not None:
+                notify(f"ready: talk to the agent at {page}")
+            if stop.is_set():
+                return
+            if options.room:
+                room = options.room
+                readiness.agent_problem = lambda: (
+                    None if room in readiness.rooms else f"the agent is not in room {room}"
+                )
+                await serve_room(models, config, creds, room, stop, notify, observer=observer)
+            else:
+                worker = DispatchWorker(models, config, creds, notify=notify, observer=observer)
+                readiness.agent_problem = lambda: (
+                    None if worker.registered.is_set() else "the agent worker is not registered with LiveKit"
+                )
+                await run_worker(worker, stop, notify)
+        finally:
+            models.close()
+    finally:
+        if web is not None:
+            await web.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,101 @@
+"""Prometheus metrics for `voicecore serve` (GET /metrics): turn latencies, sessions, errors.
+
+Rooms feed them through the `rtc.Observer` hooks (turns from SessionHooks.on_turn, failures from
+SessionHooks.on_error and the rooms' own tasks). Each `Telemetry` has a registry of its own, so
+several can live in one process.
+
+    voicecore_turn_stage_latency_seconds{stage}  histogram: each TurnRecord stage after speech_end
+    voicecore_voice_to_voice_seconds             histogram: first agent frame out - speech_end
+    voicecore_active_sessions                    gauge: conversations (one per person in a room)
+    voicecore_active_rooms                       gauge: rooms the agent is in
+    voicecore_turns_total                        counter: turns over (answered or interrupted)
+    voicecore_interruptions_total                counter: turns the person talked over (barge-in)
+    voicecore_errors_total{stage}                counter: failures the conversation survived
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+from voicecore.metrics import STAGES, TurnRecord
+from voicecore.rtc.observer import Observer
+
+# Seconds. Fine steps where voice agents live (0.3-1.5 s), coarse beyond.
+LATENCY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+                   1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)  # fmt: skip
+ERROR_STAGES = ("stt", "llm", "tts", "room", "job", "send")
+
+
+class Telemetry(Observer):
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        reg = self.registry
+        self.stage_latency = Histogram(
+            "voicecore_turn_stage_latency_seconds",
+            "Time from the end of the person's speech to each stage of the reply, per turn",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.voice_to_voice = Histogram(
+            "voicecore_voice_to_voice_seconds",
+            "End of the person's speech to the agent's first audio frame out, per answered turn",
+            buckets=LATENCY_BUCKETS, registry=reg,
+        )  # fmt: skip
+        self.active_sessions = Gauge(
+            "voicecore_active_sessions", "Conversations in progress (one per person in a room)", registry=reg
+        )
+        self.active_rooms = Gauge("voicecore_active_rooms", "Rooms the agent is in", registry=reg)
+        self.turns = Counter("voicecore_turns", "Turns over, answered or interrupted", registry=reg)
+        self.interruptions = Counter(
+            "voicecore_interruptions", "Turns the person talked over (barge-in)", registry=reg
+        )
+        self.errors = Counter(
+            "voicecore_errors",
+            "Failures a conversation went on without, by stage (stt, llm, tts: a model call; "
+            "room: a room task; job: a dispatched room; send: a transcript or state update)",
+            ["stage"], registry=reg,
+        )  # fmt: skip
+        for stage in STAGES:  # every series exists from the start, at zero
+            self.stage_latency.labels(stage)
+        for stage in ERROR_STAGES:
+            self.errors.labels(stage)
+        ProcessCollector(registry=reg)
+
+    # -- Observer ---------------------------------------------------------------------------------
+    def on_room_joined(self, room: str) -> None:
+        self.active_rooms.inc()
+
+    def on_room_left(self, room: str) -> None:
+        self.active_rooms.dec()
+
+    def on_conversation_started(self, room: str, identity: str) -> None:
+        self.active_sessions.inc()
+
+    def on_conversation_ended(self, room: str, identity: str) -> None:
+        self.active_sessions.dec()
+
+    def on_turn(self, room: str, identity: str, record: TurnRecord) -> None:
+        self.turns.inc()
+        if record.interrupted:
+            self.interruptions.inc()
+        for stage in STAGES:
+            at = getattr(record, stage)
+            if at is not None:  # a stage that did not happen is not a latency
+                self.stage_latency.labels(stage).observe(at - record.speech_end)
+        if (v2v := record.voice_to_voice) is not None:
+            self.voice_to_voice.observe(v2v)
+
+    def on_error(self, stage: str) -> None:
+        self.errors.labels(stage).inc()
+
+    # -- exposition -------------------------------------------------------------------------------
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text format, and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,212 @@
+"""The HTTP routes of `voicecore serve` (aiohttp, on the agent's own event loop).
+
+    GET  /                        the talk page (built assets in voicecore/web/static/)
+    GET  /static/...              its script and style
+    POST /api/connection-details  a fresh room and a join token for it (details.py, auth.py)
+    GET  /healthz                 the process answers
+    GET  /readyz                  models warm, LiveKit reachable, agent registered (health.py)
+    GET  /metrics                 Prometheus (telemetry.py)
+
+Every error is JSON, `{"error": "..."}`, with no stack trace; tokens and keys are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from voicecore.telemetry import Telemetry
+from voicecore.web.auth import AccessPolicy, RateLimiter, Refused
+from voicecore.web.details import BadRequest, DetailsIssuer
+from voicecore.web.health import Readiness
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+MAX_BODY = 16 * 1024  # connection-details bodies are a few dozen bytes
+PAGE_POLICY = (
+    "default-src 'self'; connect-src 'self' ws: wss: http: https:; img-src 'self' data:; "
+    "media-src 'self' blob: mediastream:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+NOT_BUILT = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>voicecore: page not built</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body style="font: 16px/1.5 system-ui, sans-serif; max-width: 40rem; margin: 3rem auto; padding: 0 1rem">
+<h1>The talk page is not built</h1>
+<p>This voicecore runs, but the page's script was never built. In the voicecore checkout, run</p>
+<pre style="background: #f3f3f3; padding: .75rem">bin/setup</pre>
+<p>(it needs Node.js 18 or newer; by hand: <code>cd web &amp;&amp; npm ci &amp;&amp; npm run build</code>),
+then reload this page. The API (<code>POST /api/connection-details</code>), <code>/healthz</code>,
+<code>/readyz</code> and <code>/metrics</code> work without it.</p>
+</body></html>
+"""
+
+
+@dataclass
+class WebContext:
+    policy: AccessPolicy
+    limiter: RateLimiter
+    issuer: DetailsIssuer
+    readiness: Readiness
+    telemetry: Telemetry
+    static_dir: Path = STATIC_DIR
+
+    @property
+    def page_built(self) -> bool:
+        return (self.static_dir / "index.html").is_file() and (self.static_dir / "app.js").is_file()
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CONTEXT = web.AppKey("context", WebContext)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+
+
+def build_app(context: WebContext) -> web.Application:
+    app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY)
+    app[CONTEXT] = context
+    app.cleanup_ctx.append(_http_client)
+    app.on_response_prepare.append(_security_headers)
+    app.router.add_get("/", index)
+    app.router.add_get("/static/{name}", static)
+    app.router.add_post("/api/connection-details", connection_details)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+# -- routes -----------------------------------------------------------------------------------------
+async def index(request: web.Request) -> web.StreamResponse:
+    context = request.app[CONTEXT]
+    if not context.page_built:
+        return web.Response(text=NOT_BUILT, content_type="text/html", status=503)
+    return web.FileResponse(context.static_dir / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def static(request: web.Request) -> web.StreamResponse:
+    directory = request.app[CONTEXT].static_dir
+    name = request.match_info["name"]
+    path = directory / name
+    # one flat directory of build output: no subpaths, no dot files
+    if "/" in name or name.startswith(".") or not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
+async def connection_details(request: web.Request) -> web.Response:
+    context = request.app[CONTEXT]
+    client = context.policy.client_ip(request)
+    wait = context.limiter.take(client)
+    if wait > 0:
+        seconds = max(1, math.ceil(wait))
+        raise Refused(429, f"too many requests: try again in {seconds} s", {"Retry-After": str(seconds)})
+    context.policy.authorize(request)
+    body = await request.read()
+    try:
+        details = context.issuer.issue(context.issuer.parse(body))
+    except BadRequest as e:
+        raise Refused(400, str(e)) from None
+    log.info("connection details: room %s for %s", details["roomName"], client)
+    return web.json_response(details, headers={"Cache-Control": "no-store"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    problems = await request.app[CONTEXT].readiness.problems(request.app[HTTP])
+    if problems:
+        return web.json_response({"ready": False, "problems": problems}, status=503)
+    return web.json_response({"ready": True})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[CONTEXT].telemetry.render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+# -- plumbing ---------------------------------------------------------------------------------------
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Host check first; every failure becomes a JSON error without internals."""
+    try:
+        request.app[CONTEXT].policy.check_host(request)
+        return await handler(request)
+    except Refused as e:
+        return _error(e.status, e.message, e.headers)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        kept = {name: e.headers[name] for name in ("Allow",) if name in e.headers}
+        return _error(e.status, _describe(e), kept)
+    except Exception:
+        log.exception("HTTP %s %s failed", request.method, request.path)
+        return _error(500, "internal error (the server's log has the details)")
+
+
+def _describe(error: web.HTTPException) -> str:
+    if isinstance(error, web.HTTPRequestEntityTooLarge):
+        return f"request body too large (at most {MAX_BODY} bytes)"
+    if isinstance(error, web.HTTPMethodNotAllowed):
+        return f"method {error.method} not allowed here; allowed: {', '.join(sorted(error.allowed_methods))}"
+    return error.reason.lower() if error.reason else f"HTTP {error.status}"
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if response.content_type == "text/html":
+        response.headers.setdefault("Content-Security-Policy", PAGE_POLICY)
+        response.headers.setdefault("Permissions-Policy", "microphone=(self)")
+
+
+async def _http_client(app: web.Application) -> AsyncIterator[None]:
+    async with aiohttp.ClientSession() as session:
+        app[HTTP] = session
+        yield
+
+
+class WebServer:
+    """`build_app`'s application on host:port, started and stopped with the agent."""
+
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        """Listen; the page's URL. `OSError` (port taken) is the caller's to explain."""
+        runner = web.AppRunner(self.app, shutdown_timeout=2.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        if self.host == "::":
+            host = "[::1]"
+        return f"http://{host}:{self.port}/"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

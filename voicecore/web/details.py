@@ -1,0 +1,108 @@
+"""POST /api/connection-details: a room and a token for one browser, in the shape LiveKit's
+starter frontends use: `{serverUrl, roomName, participantName, participantToken}`.
+
+The optional JSON body may name the room (`roomName`) and the person (`participantName`);
+`room_config` (what LiveKit's starters send to pick an agent) is accepted when it names this
+server's agent. By default every call gets a fresh room, and the agent comes with it: in worker
+mode the token carries a dispatch of this agent (RoomConfiguration.agents), so the room is
+created, and the agent sent, only when the person actually joins. With `serve --room NAME` the
+agent is already in NAME, and that is the only room handed out.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from voicecore.rtc.token import Credentials, browser_token
+
+ROOM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_NAME = 64
+FIELDS = ("roomName", "participantName", "room_config")
+
+
+class BadRequest(ValueError):
+    """The body is not something we can serve; the message says why."""
+
+
+@dataclass(frozen=True)
+class DetailsRequest:
+    room: str | None = None
+    participant_name: str | None = None
+
+
+@dataclass(frozen=True)
+class DetailsIssuer:
+    creds: Credentials
+    server_url: str  # what the browser connects to (may differ from the agent's own URL)
+    ttl: datetime.timedelta
+    agent_name: str
+    fixed_room: str | None = None  # `serve --room`: the agent is there, hand out only that room
+
+    def parse(self, body: bytes) -> DetailsRequest:
+        """Validate the request body (empty, or a JSON object); `BadRequest` says what is wrong."""
+        if not body.strip():
+            return DetailsRequest()
+        try:
+            data = json.loads(body)
+        except json.JSONDecodeError as e:
+            where = f"line {e.lineno} column {e.colno}"
+            raise BadRequest(f"the body is not valid JSON: {e.msg} at {where}") from None
+        except UnicodeDecodeError:
+            raise BadRequest("the body is not valid JSON: not UTF-8 text") from None
+        if not isinstance(data, dict):
+            raise BadRequest("the body must be a JSON object (or empty)")
+        unknown = [key for key in data if key not in FIELDS]
+        if unknown:
+            raise BadRequest(f"unknown field {unknown[0]!r}; known: {', '.join(FIELDS)}")
+        room = _optional_str(data, "roomName")
+        if room is not None and not ROOM_NAME.fullmatch(room):
+            raise BadRequest("roomName: 1-64 letters, digits, '-', '_' or '.', not starting with a symbol")
+        if room is not None and self.fixed_room is not None and room != self.fixed_room:
+            raise BadRequest(f"this server's agent is in room {self.fixed_room!r} only")
+        name = _optional_str(data, "participantName")
+        if name is not None:
+            name = name.strip()
+            if not 0 < len(name) <= MAX_NAME or not name.isprintable():
+                raise BadRequest(f"participantName: 1-{MAX_NAME} printable characters")
+        self._check_room_config(data.get("room_config"))
+        return DetailsRequest(room, name)
+
+    def issue(self, request: DetailsRequest) -> dict[str, str]:
+        room = self.fixed_room or request.room or f"voicecore-{secrets.token_hex(6)}"
+        identity = f"user-{secrets.token_hex(6)}"
+        name = request.participant_name or "you"
+        dispatch = None if self.fixed_room else self.agent_name
+        token = browser_token(self.creds, room, identity, name, self.ttl, agent_name=dispatch)
+        return {
+            "serverUrl": self.server_url,
+            "roomName": room,
+            "participantName": name,
+            "participantToken": token,
+        }
+
+    def _check_room_config(self, config: Any) -> None:
+        if config is None:
+            return
+        if not isinstance(config, dict):
+            raise BadRequest("room_config must be an object")
+        agents = config.get("agents", [])
+        if not isinstance(agents, list) or not all(isinstance(a, dict) for a in agents):
+            raise BadRequest("room_config.agents must be a list of objects")
+        for agent in agents:
+            wanted = agent.get("agent_name")
+            if wanted not in (None, "", self.agent_name):
+                raise BadRequest(f"room_config names agent {wanted!r}; this server runs {self.agent_name!r}")
+
+
+def _optional_str(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{key} must be a string")
+    return value
