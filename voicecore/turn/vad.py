@@ -127,7 +127,11 @@ class VadStream:
             return None
         if p >= cfg.deactivation_threshold:
             self._run = 0
-            self.last_speech_sample = self._processed
+            if p >= cfg.activation_threshold:
+                # The estimated end of speech follows confident windows only: Silero's
+                # probability decays over a window or two after the last sound, and the
+                # endpoint delay is counted from this estimate.
+                self.last_speech_sample = self._processed
             return None
         self._run += 1
         if self._run >= self._min_silence:
