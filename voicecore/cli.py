@@ -178,12 +178,17 @@ def serve(
     llm_model: Annotated[str | None, typer.Option(help="LLM: .gguf path or hub id.")] = None,
     stt_model: Annotated[str | None, typer.Option(help="Whisper: path or hub id.")] = None,
     voice: Annotated[str | None, typer.Option(help="Piper voice .onnx path.")] = None,
+    turn_log: Annotated[
+        Path | None,
+        typer.Option(help="Append each finished turn's latency record to this JSONL file."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Be the agent in LiveKit rooms until Ctrl-C: one room (--room), or every room LiveKit
     dispatches to this worker; and serve the talk page at http://127.0.0.1:8080/. Models are
     loaded once and shared by all rooms."""
     _logging(verbose)
+    from voicecore.metrics import TurnLog
     from voicecore.pipeline import load_models
     from voicecore.rtc.devserver import LocalLiveKit
     from voicecore.rtc.token import DEV_API_KEY, DEV_API_SECRET, credentials, refuse_dev_keys
@@ -206,8 +211,11 @@ def serve(
                 "llm.model": llm_model,
                 "stt.model": stt_model,
                 "tts.voice": voice,
+                "metrics.turn_log": str(turn_log) if turn_log else None,
             },
         )
+        if cfg.metrics.turn_log:
+            TurnLog(cfg.metrics.turn_log)  # a path that cannot be appended to fails here, not later
         if dev:
             _quiet_dev_key_warnings()
         if dev and not (cfg.livekit.url or os.environ.get("LIVEKIT_URL")):
