@@ -39,7 +39,8 @@ class TurnConfig:
     # finished sentence, long after "and", "um", "of" and other words that promise more.
     min_endpoint_delay: float = 0.4
     max_endpoint_delay: float = 1.4
-    speculation_delay: float = 0.1  # silence before the speculative STT -> LLM -> TTS start
+    speculation_delay: float = 0.0  # silence before the speculative STT -> LLM -> TTS start
+    # (0: as soon as the VAD reports the end of speech, itself min_silence_ms after it)
     # User speech over the agent longer than this barges in. With ~60 ms of network each way and
     # ~30 ms of VAD detection, 0.12 s stops the agent within 300 ms of the speech start as heard
     # at the client; Silero plus min_speech_ms already filter clicks and coughs.

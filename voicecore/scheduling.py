@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-CRITICAL = 0  # final transcripts, replies
-BACKGROUND = 1  # interim transcripts
+CRITICAL = 0  # final transcripts, replies' first audio
+FOLLOW_UP = 1  # the rest of a reply: it plays for seconds, a new reply's first chunk goes first
+BACKGROUND = 2  # interim transcripts
 
 
 class PriorityWorker:

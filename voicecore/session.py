@@ -23,7 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
-from voicecore.audio.frames import AudioFrame, split_frames
+from voicecore.audio.frames import AudioFrame, split_frames, trim_leading_silence
 from voicecore.audio.resample import StreamResampler, resample
 from voicecore.config import Config
 from voicecore.llm.base import Message
@@ -276,11 +276,16 @@ class Session:
         """Synthesise one chunk and queue it for playout; False if TTS failed."""
         if turn.first_chunk_text is None and not apology:
             turn.first_chunk_text = self.clock()
+        first = turn.tts_first_audio is None
         try:
-            audio = await asyncio.wait_for(self.models.tts.synthesize(text), self.config.turn.stage_timeout)
+            audio = await asyncio.wait_for(
+                self.models.tts.synthesize(text, first=first), self.config.turn.stage_timeout
+            )
         except Exception as e:
             self._stage_failed(turn, "tts", e)
             return False
+        if first:
+            audio = trim_leading_silence(audio)  # the first sound out is what latency is
         if turn.tts_first_audio is None and not apology:
             turn.tts_first_audio = self.clock()
         await chunks.put((text, resample(audio, self.config.audio.output_sample_rate)))

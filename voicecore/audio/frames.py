@@ -54,6 +54,15 @@ def frame_samples(sample_rate: int, frame_ms: int = FRAME_MS) -> int:
     return sample_rate * frame_ms // 1000
 
 
+def trim_leading_silence(audio: AudioFrame, threshold: float = 0.01, keep_ms: int = 5) -> AudioFrame:
+    """Drop the quiet start of synthesised speech (Piper leads with ~40 ms of near-silence)."""
+    loud = np.flatnonzero(np.abs(audio.samples.astype(np.int32)) > threshold * 32768)
+    if len(loud) == 0:
+        return audio
+    start = max(0, int(loud[0]) - audio.sample_rate * keep_ms // 1000)
+    return AudioFrame(audio.samples[start:], audio.sample_rate)
+
+
 def split_frames(audio: AudioFrame, frame_ms: int = FRAME_MS) -> Iterator[AudioFrame]:
     """Cut audio into frames of `frame_ms`; the last one is zero-padded to full length."""
     size = frame_samples(audio.sample_rate, frame_ms)

@@ -10,8 +10,10 @@ from voicecore.audio.frames import AudioFrame
 class TTS(Protocol):
     sample_rate: int
 
-    async def synthesize(self, text: str) -> AudioFrame:
-        """Speak one chunk of text. Cancelling the await abandons it."""
+    async def synthesize(self, text: str, *, first: bool = True) -> AudioFrame:
+        """Speak one chunk of text. `first=False` marks a later chunk of a reply that is already
+        playing: it may wait behind another conversation's first chunk. Cancelling the await
+        abandons it."""
         ...
 
     def close(self) -> None: ...

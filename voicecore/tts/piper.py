@@ -10,7 +10,7 @@ from voicecore.audio.frames import AudioFrame, float_to_int16
 from voicecore.config import TtsConfig
 from voicecore.errors import ConfigError
 from voicecore.models import bundled_piper_voice
-from voicecore.scheduling import CRITICAL, PriorityWorker
+from voicecore.scheduling import CRITICAL, FOLLOW_UP, PriorityWorker
 
 
 class PiperTTS:
@@ -43,8 +43,8 @@ class PiperTTS:
         self.sample_rate: int = self._voice.config.sample_rate
         self._worker = PriorityWorker("tts")
 
-    async def synthesize(self, text: str) -> AudioFrame:
-        return await self._worker.run(lambda: self._speak(text), CRITICAL)
+    async def synthesize(self, text: str, *, first: bool = True) -> AudioFrame:
+        return await self._worker.run(lambda: self._speak(text), CRITICAL if first else FOLLOW_UP)
 
     def _speak(self, text: str) -> AudioFrame:
         parts = [c.audio_float_array for c in self._voice.synthesize(text, self._syn_config)]
