@@ -91,6 +91,45 @@ def talk(
 
 
 @app.command()
+def history(
+    file: Annotated[
+        Path | None, typer.Argument(help="The turn log (default: metrics.turn_log from config).")
+    ] = None,
+    config: ConfigOption = None,
+    room: Annotated[str | None, typer.Option(help="Only this room.")] = None,
+    limit: Annotated[int, typer.Option(help="The last N turns (0: all).")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Read back the completed turns `serve --turn-log` saved: who said what, what the agent
+    said as it was heard, latencies, interruptions."""
+    from voicecore.history import read_history
+
+    try:
+        path = file or (Path(p) if (p := _config(config).metrics.turn_log) else None)
+        if path is None:
+            raise VoicecoreError("no turn log: pass a file, or set metrics.turn_log / --turn-log")
+        turns, bad = read_history(path)
+    except VoicecoreError as e:
+        _fail(e)
+    if room is not None:
+        turns = [t for t in turns if t.get("room") == room]
+    if limit > 0:
+        turns = turns[-limit:]
+    for t in turns:
+        if as_json:
+            typer.echo(json.dumps(t))
+            continue
+        v2v = (t.get("latency_ms") or {}).get("voice_to_voice")
+        where = f"{t.get('room', '-')}/{t.get('participant', '-')}"
+        flag = " (interrupted)" if t.get("interrupted") else ""
+        typer.echo(f"{where} turn {t.get('turn')}: {v2v if v2v is not None else '-'} ms{flag}")
+        typer.echo(f"  user:  {t.get('user_text', '')}")
+        typer.echo(f"  agent: {t.get('agent_text', '')}")
+    if bad:
+        typer.echo(f"({bad} unreadable line(s) skipped: a write cut short by a crash)", err=True)
+
+
+@app.command()
 def doctor(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

@@ -3,14 +3,13 @@ not happen (no reply, interrupted before audio) stays None rather than a made-up
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from voicecore.errors import ConfigError
+from voicecore.history import TurnHistory
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +64,14 @@ class TurnRecord:
 
 class TurnLog:
     """Finished turns as JSON lines (`TurnRecord.as_dict()` plus context such as room and
-    participant), appended and flushed one line per turn so a reader can follow it live.
-
-    The file is opened per line: turns are seconds apart, and several processes or rooms may
-    append to one file. A failed write is logged, never raised: the conversation goes on.
+    participant), one durable line per turn (see voicecore.history: fsync'd, owner-only), so a
+    reader can follow it live and a crash loses no completed turn. `voicecore history` reads it.
+    A failed write is logged, never raised: the conversation goes on.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
-        try:
-            with self.path.open("a", encoding="utf-8"):
-                pass
-        except OSError as e:
-            raise ConfigError(f"turn log {self.path}: cannot append ({e.strerror or e})") from None
+        self._history = TurnHistory(self.path)
 
     def write(self, record: TurnRecord, **context: Any) -> None:
-        line = json.dumps({**context, "logged_at": time.time(), **record.as_dict()})
-        try:
-            with self.path.open("a", encoding="utf-8") as out:
-                out.write(line + "\n")
-        except OSError as e:
-            log.warning("turn log %s: %s", self.path, e)
+        self._history.append({**context, "logged_at": time.time(), **record.as_dict()})
