@@ -29,7 +29,7 @@ class VadConfig:
     activation_threshold: float = 0.5  # probability that starts speech (Silero's own default)
     deactivation_threshold: float = 0.35  # below this, speech is over (hysteresis gap 0.15)
     min_speech_ms: int = 96  # shorter bursts (clicks, coughs) never open a turn
-    min_silence_ms: int = 96  # gaps shorter than this are inside the speech
+    min_silence_ms: int = 64  # gaps shorter than this are inside the speech (two windows)
     prefix_padding_ms: int = 320  # audio kept from before the onset so STT hears the first syllable
 
 
