@@ -12,7 +12,7 @@ devserver.py      `serve --dev`: a local livekit-server as a child process
 
 from voicecore.rtc.observer import Observer, Observers
 from voicecore.rtc.room import AgentRoom, Conversation
-from voicecore.rtc.serve import serve, serve_dispatch, serve_room
+from voicecore.rtc.serve import serve_dispatch, serve_room
 from voicecore.rtc.token import Credentials, agent_token, credentials, user_token, worker_token
 from voicecore.rtc.voice import AgentVoice, VoiceLane, from_rtc, to_rtc
 from voicecore.rtc.worker import DispatchWorker
@@ -29,7 +29,6 @@ __all__ = [
     "agent_token",
     "credentials",
     "from_rtc",
-    "serve",
     "serve_dispatch",
     "serve_room",
     "to_rtc",

@@ -1,5 +1,5 @@
-"""The agent in LiveKit rooms until SIGINT/SIGTERM, then leave cleanly. `voicecore serve` runs
-this through `voicecore.service`, which adds the HTTP side; `serve()` here is the LiveKit side alone.
+"""The agent in LiveKit rooms until told to stop, then leave cleanly. `voicecore serve` runs
+these through `voicecore.service`, which owns signals, models and the HTTP side.
 
 Two ways in: a fixed room (`room=NAME`: mint an agent token, join, rejoin if thrown out) or
 dispatch (register as an agent worker; LiveKit assigns rooms). Either way the models are loaded
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from collections.abc import Callable
 
 from livekit import rtc
@@ -22,36 +21,6 @@ from voicecore.rtc.room import AgentRoom
 from voicecore.rtc.tasks import wait_first
 from voicecore.rtc.token import Credentials, agent_token
 from voicecore.rtc.worker import RECONNECT_MAX, RECONNECT_MIN, DispatchWorker
-
-
-async def serve(
-    models: Models,
-    config: Config,
-    creds: Credentials,
-    room: str | None = None,
-    notify: Callable[[str], None] = print,
-) -> None:
-    """Serve until SIGINT or SIGTERM (a second signal stops without waiting for rooms to close)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-
-    def on_signal() -> None:
-        if stop.is_set() and main is not None:
-            main.cancel()
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-    try:
-        await models.warm_up(config.llm.system_prompt)
-        if room:
-            await serve_room(models, config, creds, room, stop, notify)
-        else:
-            await serve_dispatch(models, config, creds, stop, notify)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 async def serve_room(
