@@ -273,8 +273,10 @@ def serve(
         asyncio.run(run(cfg, creds, lambda: load_models(cfg), options, notify=_say))
     except VoicecoreError as e:
         _fail(e)
-    except KeyboardInterrupt:
-        pass
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # A second Ctrl-C (or SIGTERM) stops at once instead of waiting for rooms to close.
+        _say("stopped without waiting for rooms to close")
+        raise typer.Exit(130) from None
     finally:
         if local is not None:
             local.stop()
