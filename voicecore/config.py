@@ -42,9 +42,9 @@ class TurnConfig:
     speculation_delay: float = 0.0  # silence before the speculative STT -> LLM -> TTS start
     # (0: as soon as the VAD reports the end of speech, itself min_silence_ms after it)
     # User speech over the agent longer than this barges in. With ~60 ms of network each way and
-    # ~30 ms of VAD detection, 0.12 s stops the agent within 300 ms of the speech start as heard
+    # ~30 ms of VAD detection, 0.1 s stops the agent within 300 ms of the speech start as heard
     # at the client; Silero plus min_speech_ms already filter clicks and coughs.
-    min_interruption: float = 0.12
+    min_interruption: float = 0.1
     max_utterance: float = 28.0  # Whisper's window is 30 s: a longer monologue is cut into turns
     interim_interval: float = 1.0  # seconds of new speech between interim transcripts
     # A model stage that raises, or takes longer than this (STT, the LLM's next token, one TTS
