@@ -173,31 +173,28 @@ class Session:
         try:
             chunks: asyncio.Queue[tuple[str, AudioFrame] | None] = asyncio.Queue(CHUNKS_AHEAD)
             timeout = self.config.turn.stage_timeout
+            text = ""
             try:
-                transcript = await asyncio.wait_for(self.models.stt.transcribe(audio, final=True), timeout)
-            except Exception as e:  # a failed or hung STT: apologise once the turn is ours
+                text = (await asyncio.wait_for(self.models.stt.transcribe(audio, final=True), timeout)).text
+            except Exception as e:  # a failed or hung STT: the reply is the apology
                 self._stage_failed(turn, "stt", e)
-                await committed.wait()
                 producer = asyncio.create_task(self._apologise(turn, chunks))
-                await self._playout(turn, chunks)
-                await self.sink.wait_for_playout()
-                self._finish_turn(turn)
-                return
-            turn.stt_final = self.clock()
-            turn.user_text = transcript.text
-            self._machine.on_transcript(transcript.text)
-            if transcript.text:
-                messages = [*self.history.messages(), Message("user", transcript.text)]
-                producer = asyncio.create_task(self._produce(turn, messages, chunks))
             else:
-                chunks.put_nowait(None)  # no words: a cough, a noise; nothing to answer
+                turn.stt_final = self.clock()
+                turn.user_text = text
+                self._machine.on_transcript(text)
+                if text:
+                    messages = [*self.history.messages(), Message("user", text)]
+                    producer = asyncio.create_task(self._produce(turn, messages, chunks))
+                else:
+                    chunks.put_nowait(None)  # no words: a cough, a noise; nothing to answer
             await committed.wait()
             turn.speculative = (
                 turn.stt_final is not None and turn.endpoint is not None and (turn.stt_final <= turn.endpoint)
             )
-            if transcript.text:
-                self.hooks.on_user_transcript(transcript.text, True)
-                self._user_msg = Message("user", transcript.text)
+            if text:
+                self.hooks.on_user_transcript(text, True)
+                self._user_msg = Message("user", text)
                 self._reply_msg = Message("assistant", "")
                 self.history.turns += [self._user_msg, self._reply_msg]
             await self._playout(turn, chunks)
