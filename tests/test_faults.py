@@ -11,9 +11,10 @@ import time
 from dataclasses import replace
 
 from helpers import join, transcribe, words
-from test_pipeline import feed
+from test_pipeline import Recorder, feed
 
-from voicecore import AudioFrame, Models, RealtimeSink, Session, SessionHooks
+from voicecore import AgentState, AudioFrame, Models, RealtimeSink, Session, SessionHooks
+from voicecore.tts.chunker import MAX_CHUNK_WORDS
 
 
 class Faulty:
@@ -119,3 +120,54 @@ async def test_tts_error_ends_the_turn_silently_and_the_next_turn_works(models, 
         await session.aclose()
     assert "tts" in hooks.errors
     assert "Paris" in session.records[1].agent_text
+
+
+class Scripted:
+    """The real LLM's interface, saying `reply` instead (garbage on demand is a fault)."""
+
+    def __init__(self, llm) -> None:
+        self._llm = llm
+        self.reply = ""
+
+    def __getattr__(self, name):
+        return getattr(self._llm, name)
+
+    async def stream(self, messages):
+        for i in range(0, len(self.reply), 3):  # LLM-sized pieces
+            await asyncio.sleep(0.01)
+            yield self.reply[i : i + 3]
+
+
+async def test_garbage_from_the_llm_is_skipped_or_spoken_cleanly(models, config, say):
+    llm = Scripted(models.llm)
+    hooks = Recorder()
+    sink = RealtimeSink(config.audio.output_sample_rate)
+    session = Session(replace(models, llm=llm), config, sink, hooks)
+    question = join(0.3, say("What is the capital of France?"))
+
+    async def ask(reply: str, until) -> None:
+        llm.reply = reply
+        await feed(session, question, until=until, max_seconds=20)
+
+    try:
+        for n, nothing in enumerate(["", " ... ?! ", "<think>Nothing to say.</think>"], start=1):
+            await ask(nothing, until=lambda n=n: len(session.records) == n and not session.busy)
+            assert session.records[-1].agent_text == "" and session.state is AgentState.LISTENING
+        assert sink.played().duration == 0 and hooks.spoken == []
+        assert all(m.content.strip() for m in session.history.messages())  # no empty reply kept
+
+        await ask(
+            "<think>The user asks about France.</think>The **capital** of France is _Paris_."
+            "\n```\nprint('x')\n```",
+            until=lambda: len(session.records) == 4 and not session.busy,
+        )
+        assert session.records[-1].agent_text == "The capital of France is Paris."
+        heard = words(await transcribe(models, sink.played()))
+        assert {"capital", "paris"} & set(heard) and not {"user", "asks", "print"} & set(heard)
+
+        # a run-on reply: the first words are heard soon, in a piece Piper says quickly
+        await ask(" ".join(["and then the cat sat down"] * 40), until=lambda: len(hooks.spoken) >= 2)
+        assert len(hooks.spoken[1].split()) <= MAX_CHUNK_WORDS
+        assert session.state is AgentState.SPEAKING
+    finally:
+        await session.aclose()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from voicecore.config import TurnConfig
-from voicecore.tts.chunker import SentenceChunker, clean_for_speech
+from voicecore.tts.chunker import MAX_CHUNK_WORDS, SentenceChunker, clean_for_speech
 from voicecore.turn.endpoint import endpoint_delay, sounds_complete
 from voicecore.turn.machine import Action, TurnMachine
 from voicecore.turn.vad import VadEvent
@@ -39,7 +39,20 @@ def test_markup_and_unspeakable_pieces_are_skipped():
     chunks = stream(SentenceChunker(), "**Paris** is `the` capital. ... !!! [Read more](http://x) now.")
     assert chunks[0] == "Paris is the capital."
     assert all(any(c.isalnum() for c in chunk) for chunk in chunks)
-    assert clean_for_speech("# Title\n- item <b>bold</b>") == "Title - item bold"
+    assert clean_for_speech("# Title\n- item <b>bold</b>") == "Title item bold"
+    assert clean_for_speech("See https://www.example.com/a_b?x=1 😀 for $5.") == "See example.com for $5."
+
+
+def test_code_reasoning_and_lists_are_not_read_out():
+    reply = "<think>The user wants code.</think>Sure.\n```python\nprint(1)\n```\n"
+    reply += "- First, boil.\n2. Then eat.\n```\nx"
+    assert stream(SentenceChunker(), reply) == ["Sure.", "First, boil.", "Then eat."]
+
+
+def test_a_run_on_reply_is_still_spoken_in_bounded_pieces():
+    chunks = stream(SentenceChunker(), " ".join(["blah"] * 100))
+    assert len(chunks) >= 4 and all(len(chunk.split()) <= MAX_CHUNK_WORDS for chunk in chunks)
+    assert stream(SentenceChunker(), "") == stream(SentenceChunker(), " ... ?! ") == []
 
 
 def test_sounds_complete():
@@ -52,6 +65,19 @@ def test_sounds_complete():
     assert sounds_complete("What is 2 plus 2?")
     assert not sounds_complete("So, um...")
     assert not sounds_complete("")
+
+
+def test_a_question_that_stops_at_its_subject_is_not_complete():
+    # Whisper closes "What do bees" with a question mark; the verb that makes it a question is missing.
+    assert not sounds_complete("What do bees?")
+    assert not sounds_complete("How many legs does a spider?")
+    assert not sounds_complete("What does the sun?")
+    assert not sounds_complete("Thanks. Where can I?")
+    assert sounds_complete("What do bees make?")
+    assert sounds_complete("How many legs does a spider have?")
+    assert sounds_complete("What do you think?")
+    assert sounds_complete("Who wrote the play?")
+    assert sounds_complete("Why do birds sing?")
 
 
 def test_endpoint_delay_is_long_until_words_are_known():

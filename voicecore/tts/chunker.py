@@ -8,6 +8,7 @@ sentences (or long clauses), which Piper prosodies better.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 SENTENCE_END = ".!?"
 CLAUSE_END = ",;:—"
@@ -19,14 +20,26 @@ PHRASE_STARTS = frozenset(
     "about after before during than like".split()
 )
 FIRST_CHUNK_PHRASE_WORDS = 5
-_MARKUP = re.compile(r"[*_#`~>|]+|\[(.*?)\]\(.*?\)|<[^>]{1,40}>")
+# A run-on reply with no punctuation is still spoken in pieces Piper synthesises quickly.
+MAX_CHUNK_WORDS = 30
+# Text an LLM writes that is not meant to be heard: code blocks and reasoning. Held back until
+# closed, then dropped whole; an unclosed one at the end of the reply is dropped too.
+_HIDDEN = re.compile(r"```.*?```|<think>.*?</think>", re.DOTALL)
+_HIDDEN_OPEN = re.compile(r"```|<think>")
+_URL = re.compile(r"https?://(?:www\.)?([^/\s]+)\S*")
+_MARKUP = re.compile(r"[*_#`~>|]+|\[(.*?)\]\(.*?\)|<[^>]{1,40}>|(?:^|(?<=\s))(?:[-•]|\d+[.)])(?=\s)")
+_LIST_NUMBER = re.compile(r"\s*\d+[.)]")
 _SPEAKABLE = re.compile(r"[A-Za-z0-9]")
 
 
 def clean_for_speech(text: str) -> str:
-    """Drop markdown and tags an LLM may emit; keep link text."""
+    """Drop markdown, list markers, tags and symbols (emoji) an LLM may emit; keep link text and
+    say a URL as its host."""
+    text = _URL.sub(lambda m: m.group(1), text)
     text = _MARKUP.sub(lambda m: m.group(1) or " ", text)
-    return re.sub(r"\s+", " ", text).strip()
+    text = "".join(ch for ch in text if not unicodedata.category(ch).startswith(("S", "C")) or ch in "$%&+=")
+    text = re.sub(r"\s+", " ", text).strip()
+    return re.sub(r"\s+([.,!?;:])", r"\1", text)
 
 
 def speakable(text: str) -> bool:
@@ -42,7 +55,7 @@ class SentenceChunker:
 
     def push(self, piece: str) -> list[str]:
         """Add LLM text; return the chunks that are complete now."""
-        self._buffer += piece
+        self._buffer = _HIDDEN.sub(" ", self._buffer + piece)
         chunks: list[str] = []
         while (cut := self._find_cut()) is not None:
             chunk, self._buffer = self._buffer[:cut], self._buffer[cut:]
@@ -52,7 +65,7 @@ class SentenceChunker:
     def flush(self) -> list[str]:
         """The reply is complete: whatever is left is the last chunk."""
         chunks: list[str] = []
-        self._emit(self._buffer, chunks)
+        self._emit(_HIDDEN_OPEN.split(self._buffer, maxsplit=1)[0], chunks)
         self._buffer = ""
         return chunks
 
@@ -64,26 +77,30 @@ class SentenceChunker:
 
     def _find_cut(self) -> int | None:
         """Index just after a boundary that is followed by whitespace (so "3.5" is not cut)."""
-        text = self._buffer
+        text = _HIDDEN_OPEN.split(self._buffer, maxsplit=1)[0]  # nothing past an unclosed block
         min_words = self._first_min_words if self._emitted == 0 else self._min_words
         for i, ch in enumerate(text[:-1]):
+            if ch == "\n":  # a line of its own: a list item, a heading
+                return i + 1
             if not text[i + 1].isspace():
                 continue
-            if ch == "\n":
-                return i + 1
             if ch in SENTENCE_END and not self._is_abbreviation(text[: i + 1]):
+                if _LIST_NUMBER.fullmatch(text[: i + 1]):
+                    continue  # "2." opening a numbered line
                 if len(text[: i + 1].split()) >= 2 or self._emitted > 0:
                     return i + 1
             elif ch in CLAUSE_END and len(text[: i + 1].split()) >= min_words:
                 return i + 1
-        if self._emitted == 0:
-            return self._phrase_cut(text)
+        words = list(re.finditer(r"\S+(?=\s)", text))  # complete words only
+        if self._emitted == 0 and (cut := self._phrase_cut(words)) is not None:
+            return cut
+        if len(words) > MAX_CHUNK_WORDS:
+            return words[MAX_CHUNK_WORDS].start()
         return None
 
     @staticmethod
-    def _phrase_cut(text: str) -> int | None:
+    def _phrase_cut(words: list[re.Match[str]]) -> int | None:
         """Index of the space before a phrase-starting word, after enough words for a clause."""
-        words = list(re.finditer(r"\S+(?=\s)", text))  # complete words only
         for n, word in enumerate(words):
             if n >= FIRST_CHUNK_PHRASE_WORDS and word.group().lower() in PHRASE_STARTS:
                 return word.start()

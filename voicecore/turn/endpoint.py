@@ -20,6 +20,12 @@ NUMBER_WORDS = frozenset(
     "zero oh one two three four five six seven eight nine ten hundred thousand million".split()
 )
 _TRAILING = re.compile(r"[\s\"')\]]+$")
+# "What do bees" ends on a noun, yet the question is not asked: after a question word and an
+# auxiliary that cannot be the main verb, the subject must be followed by a verb.
+QUESTION_WORDS = frozenset("what which where when why how who whom whose".split())
+AUXILIARIES = frozenset("do does did can could will would should shall may might must".split())
+PRONOUNS = frozenset("i you we they he she it".split())
+DETERMINERS = frozenset("a an the my your his her our their its this that these those some".split())
 
 
 def sounds_complete(transcript: str) -> bool:
@@ -37,7 +43,25 @@ def sounds_complete(transcript: str) -> bool:
         return False
     if (last.isdigit() or last in NUMBER_WORDS) and not text.endswith(("?", "!")):
         return False  # likely in the middle of a phone number or an amount
-    return True
+    return not awaits_main_verb(text)
+
+
+def awaits_main_verb(text: str) -> bool:
+    """A question inverted around an auxiliary that ends on its subject: "what do bees",
+    "how many legs does a spider", "where can I". The last sentence alone counts."""
+    sentence = re.split(r"[.!?]\s+", text.strip())[-1]
+    words = re.findall(r"[a-z0-9']+", sentence.lower())
+    if not words or words[0] not in QUESTION_WORDS:
+        return False
+    aux = next((i for i, w in enumerate(words[:5]) if w in AUXILIARIES), None)
+    if aux is None:
+        return False
+    subject = words[aux + 1 :]
+    if len(subject) == 1:
+        return True  # "what do bees", "where can I"
+    if len(subject) == 2:
+        return subject[0] in DETERMINERS  # "what does the sun" (but "what do you think")
+    return False
 
 
 def endpoint_delay(transcript: str | None, config: TurnConfig) -> float:
