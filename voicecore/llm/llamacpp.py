@@ -1,16 +1,29 @@
 """llama.cpp engine (CPU default), through llama-cpp-python, in-process.
 
-llama.cpp runs one generation at a time: requests from every session are serialised on one
-worker thread. llama-cpp-python keeps the KV cache of the previous prompt and re-evaluates only
-the tokens after the longest common prefix, which `ChatHistory` keeps stable.
+llama.cpp runs one generation at a time, on one worker thread shared by every session. A reply is
+generated in slices, each a separate job on that worker:
+
+    first slice     BOOSTED_TOKENS tokens, CRITICAL, every core: the first clause is what the
+                    person waits for
+    later slices    SLICE_TOKENS tokens each, FOLLOW_UP: they are spoken seconds later, so a new
+                    turn's first slice (of any session) goes ahead of them
+
+Each slice continues from the prompt plus the text so far. llama-cpp-python keeps the KV cache of
+the previous evaluation and re-evaluates only the tokens after the longest common prefix, so a
+slice that follows its own predecessor costs nothing extra; one that follows another session's
+slice re-reads its prompt (tens of milliseconds), the price of not making a new turn wait for a
+whole reply. A slice starts only when the consumer asks for more text, so a reply that is far
+ahead of playback leaves the model to others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +31,22 @@ from voicecore.config import LlmConfig
 from voicecore.errors import ConfigError
 from voicecore.llm.base import Message
 from voicecore.models import bundled_gguf
-from voicecore.scheduling import CRITICAL, PriorityWorker
+from voicecore.scheduling import CRITICAL, FOLLOW_UP, PriorityWorker
+
+log = logging.getLogger(__name__)
 
 _DONE = object()
 # The first tokens of a reply are on the critical path: nothing else runs until the first clause
 # is spoken, so they get every core (about 15 instead of 24 ms a token on 2 cores). Later tokens
 # overlap with speech synthesis and playback, and give a core back to Piper and Whisper.
 BOOSTED_TOKENS = 16
+SLICE_TOKENS = 16
+# For a GGUF without a chat template: ChatML, which most small instruction models use.
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
+    " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 
 class LlamaCppEngine:
@@ -51,6 +73,7 @@ class LlamaCppEngine:
             # "org/repo:file.gguf" (or "org/repo", taking its first GGUF) from the model hub
             repo, _, filename = model.partition(":")
             self._llama = Llama.from_pretrained(repo_id=repo, filename=filename or "*.gguf", **common)
+        self._template = self._chat_template()
         self.model_name = model
         self.config = config
         self.context_tokens = config.context_tokens
@@ -60,55 +83,97 @@ class LlamaCppEngine:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+        prompt = self._template(messages=[m.as_dict() for m in messages])
+        prompt_tokens = self._llama.tokenize(
+            prompt.prompt.encode("utf-8"), add_bos=not prompt.added_special, special=True
+        )
+        text, produced = "", 0
+        while produced < self.config.max_tokens:
+            first = produced == 0
+            size = min(BOOSTED_TOKENS if first else SLICE_TOKENS, self.config.max_tokens - produced)
+            tokens = prompt_tokens + self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+            finished = True
+            async with contextlib.aclosing(self._slice(tokens, size, prompt.stop, first)) as items:
+                async for kind, value in items:  # closed with this stream: the slice stops
+                    if kind == "text":
+                        text += value
+                        yield value
+                    else:  # "finish": "length" when the slice used all its tokens
+                        finished = value != "length"
+            if finished:
+                return
+            produced += size
+
+    async def _slice(
+        self, tokens: list[int], size: int, stop: Any, first: bool
+    ) -> AsyncGenerator[tuple[str, Any], None]:
+        """One slice of a reply: ("text", piece)..., then ("finish", reason)."""
         loop = asyncio.get_running_loop()
-        # Bounded by construction: at most max_tokens pieces are ever put here.
-        pieces: asyncio.Queue[Any] = asyncio.Queue()
-        stop = threading.Event()
+        # Bounded by construction: at most `size` pieces and two markers are ever put here.
+        items: asyncio.Queue[Any] = asyncio.Queue()
+        stop_now = threading.Event()
 
         def hand_over(item: Any) -> None:
             try:
-                loop.call_soon_threadsafe(pieces.put_nowait, item)
+                loop.call_soon_threadsafe(items.put_nowait, item)
             except RuntimeError:
-                stop.set()  # the loop is gone
+                stop_now.set()  # the loop is gone
 
         def generate() -> None:
-            self._set_threads(self._first_threads)
+            if first:
+                self._set_threads(self._first_threads)
+            reason = "stop"
             try:
-                chunks = self._llama.create_chat_completion(
-                    messages=[m.as_dict() for m in messages],  # type: ignore[misc]
+                chunks = self._llama.create_completion(
+                    prompt=tokens,
                     stream=True,
-                    max_tokens=self.config.max_tokens,
+                    max_tokens=size,
+                    stop=stop,
                     temperature=self.config.temperature,
                     top_p=self.config.top_p,
                     repeat_penalty=self.config.repeat_penalty,
                 )
-                for n, chunk in enumerate(chunks):
-                    if stop.is_set():
+                for chunk in chunks:
+                    if stop_now.is_set():
                         break
-                    if n == BOOSTED_TOKENS:
-                        self._set_threads(self._threads)
-                    piece = chunk["choices"][0]["delta"].get("content")  # type: ignore[index,union-attr]
-                    if piece:
-                        hand_over(piece)
+                    choice: dict[str, Any] = chunk["choices"][0]  # type: ignore[index,assignment]
+                    if choice["text"]:
+                        hand_over(("text", choice["text"]))
+                    reason = choice.get("finish_reason") or reason
+                hand_over(("finish", reason))
             except Exception as e:  # handed to the consumer, raised there
                 hand_over(e)
             finally:
-                self._set_threads(self._threads)
+                if first:
+                    self._set_threads(self._threads)
                 hand_over(_DONE)
 
-        job = asyncio.ensure_future(self._worker.run(generate, CRITICAL))
+        job = asyncio.ensure_future(self._worker.run(generate, CRITICAL if first else FOLLOW_UP))
         try:
-            while True:
-                item = await pieces.get()
-                if item is _DONE:
-                    break
+            while (item := await items.get()) is not _DONE:
                 if isinstance(item, Exception):
                     raise item
                 yield item
         finally:
-            stop.set()  # the worker stops after the token in progress
+            stop_now.set()  # the worker stops after the token in progress
             if not job.done():
                 job.cancel()  # if it has not started yet, it never will
+
+    def _chat_template(self) -> Any:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        llama = self._llama
+        template = llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            log.warning("LLM %s has no chat template; using ChatML", llama.model_path)
+            template = CHATML
+        eos, bos = llama.token_eos(), llama.token_bos()
+        return Jinja2ChatFormatter(
+            template=template,
+            eos_token=llama._model.token_get_text(eos) if eos != -1 else "",
+            bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
+            stop_token_ids=[eos],
+        )
 
     def _set_threads(self, threads: int) -> None:
         self._llama._ctx.set_n_threads(threads, self._cores)  # read by llama.cpp at each decode
