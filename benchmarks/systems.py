@@ -69,9 +69,10 @@ class VoicecoreSystem(System):
     name = "voicecore"
     agent_name = "voicecore-bench"
 
-    def __init__(self, creds: Credentials, workdir: Path) -> None:
+    def __init__(self, creds: Credentials, workdir: Path, settings: dict[str, str] | None = None) -> None:
         self.creds = creds
         self.workdir = workdir
+        self.settings = settings or {}  # VOICECORE_* variables of the benchmark's own
         self.turn_log = workdir / "voicecore-turns.jsonl"
         self.proc: asyncio.subprocess.Process | None = None
         self.log = workdir / "voicecore.log"
@@ -90,6 +91,7 @@ class VoicecoreSystem(System):
             VOICECORE_LOG_LEVEL="INFO",  # rooms taken and refused, each turn: the log is a file
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.settings)
         if _has_config_section("http"):
             env["VOICECORE_HTTP_PORT"] = "0"  # its web server on any free port: no clash with others
         self.starts += 1
