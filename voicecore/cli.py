@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,8 +36,47 @@ def _config(path: Path | None, **flags: Any) -> Config:
 
 
 def _fail(error: Exception) -> None:
-    typer.echo(f"voicecore: error: {error}", err=True)
+    typer.echo(redact(f"voicecore: error: {error}"), err=True)
     raise typer.Exit(2)
+
+
+# -- no secret in what is printed or logged ---------------------------------------------------------
+# A JWT: base64url of '{"' starts every header and payload. LiveKit's server echoes a token it
+# rejects in its error ("401 Unauthorized - invalid token: eyJ..."), and the SDK logs that error
+# and raises it: without this, a refused join would print the agent's token.
+JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_hidden: set[str] = set()  # secrets of this run (LiveKit API secret, HTTP API key)
+
+
+def hide(*secrets: str | None) -> None:
+    """Never print these (8 characters or more: shorter ones would mangle ordinary words; the
+    public dev pair is no secret)."""
+    from voicecore.rtc.token import DEV_API_SECRET
+
+    _hidden.update(s for s in secrets if s and len(s) >= 8 and s != DEV_API_SECRET)
+
+
+def redact(text: str) -> str:
+    text = JWT.sub("[token hidden]", text)
+    for secret in _hidden:
+        text = text.replace(secret, "[secret hidden]")
+    return text
+
+
+class _Redact(logging.Filter):
+    """On the log handlers: every record, from voicecore or a library (the LiveKit SDK logs its
+    Rust side through Python logging), its traceback included, goes out redacted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
 
 
 @app.command()
@@ -219,8 +259,15 @@ def serve(
     voice: Annotated[str | None, typer.Option(help="Piper voice .onnx path.")] = None,
     turn_log: Annotated[
         Path | None,
-        typer.Option(help="Append each finished turn's latency record to this JSONL file."),
+        typer.Option(
+            help="Save every finished turn (who, what was said, what the agent said as heard, "
+            "latencies) to this JSONL file, owner-only; `voicecore history` reads it."
+        ),
     ] = None,
+    no_turn_log: Annotated[
+        bool,
+        typer.Option("--no-turn-log", help="Save no turns, whatever the config file or environment says."),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Be the agent in LiveKit rooms until Ctrl-C: one room (--room), or every room LiveKit
@@ -253,6 +300,9 @@ def serve(
                 "metrics.turn_log": str(turn_log) if turn_log else None,
             },
         )
+        hide(cfg.livekit.api_secret, cfg.http.api_key, os.environ.get("LIVEKIT_API_SECRET"))
+        if no_turn_log:
+            cfg.metrics.turn_log = None
         if cfg.metrics.turn_log:
             TurnLog(cfg.metrics.turn_log)  # a path that cannot be appended to fails here, not later
         if dev:
@@ -316,12 +366,14 @@ def _quiet_dev_key_warnings() -> None:
 
 
 def _say(line: str) -> None:
-    typer.echo(f"voicecore: {line}")
+    typer.echo(redact(f"voicecore: {line}"))
 
 
 def _logging(verbose: bool) -> None:
     level = logging.DEBUG if verbose else os.environ.get("VOICECORE_LOG_LEVEL", "WARNING").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Redact())
 
 
 def main() -> None:

@@ -33,7 +33,8 @@ class TurnHistory:
         except OSError as e:
             raise ConfigError(
                 f"history file {self.path}: cannot append ({e.strerror or e}); "
-                "set history.path to a writable file, or history.enabled = false"
+                "point metrics.turn_log (--turn-log, VOICECORE_METRICS_TURN_LOG) at a writable file, "
+                "or save no turns with --no-turn-log"
             ) from None
 
     def append(self, entry: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from voicecore.telemetry import Telemetry
 from voicecore.web.auth import AccessPolicy, RateLimiter, Refused
@@ -27,6 +28,7 @@ from voicecore.web.details import BadRequest, DetailsIssuer
 from voicecore.web.health import Readiness
 
 log = logging.getLogger(__name__)
+server_log = logging.getLogger(f"{__name__}.server")  # aiohttp's connection-level errors
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_BODY = 16 * 1024  # connection-details bodies are a few dozen bytes
@@ -180,6 +182,26 @@ async def _http_client(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs every request its parser rejects as an ERROR with a traceback, and the message
+    quotes the offending line: a mangled `Authorization` header would put the key or token in the
+    log. The client already got a 400 saying what is wrong; keep one debug line, without the
+    request's bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, BadHttpMessage):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg = "malformed HTTP request refused (%s %s)"
+        record.args = (error.code, type(error).__name__)
+        record.exc_info = record.exc_text = None
+        return server_log.isEnabledFor(logging.DEBUG)
+
+
+server_log.addFilter(_MalformedRequests())
+
+
 class WebServer:
     """`build_app`'s application on host:port, started and stopped with the agent."""
 
@@ -191,7 +213,7 @@ class WebServer:
 
     async def start(self) -> str:
         """Listen; the page's URL. `OSError` (port taken) is the caller's to explain."""
-        runner = web.AppRunner(self.app, shutdown_timeout=2.0)
+        runner = web.AppRunner(self.app, shutdown_timeout=2.0, logger=server_log)
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, self.port).start()

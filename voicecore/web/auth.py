@@ -74,7 +74,8 @@ class AccessPolicy:
                 raise Refused(
                     401, f"an API key is required: send Authorization: Bearer <key> or {KEY_HEADER}: <key>"
                 )
-            if not hmac.compare_digest(presented.encode(), self.api_key.encode()):
+            # aiohttp hands over non-UTF-8 header bytes as surrogates: compare the bytes as sent
+            if not hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self.api_key.encode()):
                 raise Refused(401, "wrong API key")
             return
         if origin is None:
