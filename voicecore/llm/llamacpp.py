@@ -3,8 +3,8 @@
 llama.cpp runs one generation at a time, on one worker thread shared by every session. A reply is
 generated in slices, each a separate job on that worker:
 
-    first slice     BOOSTED_TOKENS tokens, CRITICAL, every core: the first clause is what the
-                    person waits for
+    first slice     FIRST_SLICE_TOKENS tokens, CRITICAL: the first clause is what the person
+                    waits for
     later slices    SLICE_TOKENS tokens each, FOLLOW_UP: they are spoken seconds later, so a new
                     turn's first slice (of any session) goes ahead of them
 
@@ -36,10 +36,7 @@ from voicecore.scheduling import CRITICAL, FOLLOW_UP, PriorityWorker
 log = logging.getLogger(__name__)
 
 _DONE = object()
-# The first tokens of a reply are on the critical path: nothing else runs until the first clause
-# is spoken, so they get every core (about 15 instead of 24 ms a token on 2 cores). Later tokens
-# overlap with speech synthesis and playback, and give a core back to Piper and Whisper.
-BOOSTED_TOKENS = 16
+FIRST_SLICE_TOKENS = 16  # about the first clause: all a person waits for
 SLICE_TOKENS = 16
 # For a GGUF without a chat template: ChatML, which most small instruction models use.
 CHATML = (
@@ -54,14 +51,14 @@ class LlamaCppEngine:
         from llama_cpp import Llama
 
         cores = os.cpu_count() or 2
-        # Token generation is memory-bound and shares the box with Piper and Whisper: after the
-        # first tokens (BOOSTED_TOKENS) one core is left to them and to the event loop. The
-        # prompt (batch) uses every core.
-        self._cores = cores
-        self._threads = config.threads or max(1, cores - 1)
-        self._first_threads = config.threads or cores  # an explicit setting holds throughout
+        # Token generation is memory-bound and shares the box with Piper and Whisper: one core is
+        # left to them and to the event loop. The prompt (batch) uses every core. Not more: ggml's
+        # threads spin at barriers, so a decode on every core while Whisper or Piper runs loses a
+        # time slice per barrier (measured: seconds per reply under contention, for ~55 ms won
+        # when idle).
+        threads = config.threads or max(1, cores - 1)
         common: dict[str, Any] = dict(
-            n_ctx=config.context_tokens, n_threads=self._threads, n_threads_batch=cores, verbose=False
+            n_ctx=config.context_tokens, n_threads=threads, n_threads_batch=cores, verbose=False
         )
         model = config.model or str(bundled_gguf())
         if model.endswith(".gguf") or Path(model).exists() or model.startswith(("/", "./", "~")):
@@ -90,7 +87,7 @@ class LlamaCppEngine:
         text, produced = "", 0
         while produced < self.config.max_tokens:
             first = produced == 0
-            size = min(BOOSTED_TOKENS if first else SLICE_TOKENS, self.config.max_tokens - produced)
+            size = min(FIRST_SLICE_TOKENS if first else SLICE_TOKENS, self.config.max_tokens - produced)
             tokens = prompt_tokens + self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
             finished = True
             async with contextlib.aclosing(self._slice(tokens, size, prompt.stop, first)) as items:
@@ -120,8 +117,6 @@ class LlamaCppEngine:
                 stop_now.set()  # the loop is gone
 
         def generate() -> None:
-            if first:
-                self._set_threads(self._first_threads)
             reason = "stop"
             try:
                 chunks = self._llama.create_completion(
@@ -144,8 +139,6 @@ class LlamaCppEngine:
             except Exception as e:  # handed to the consumer, raised there
                 hand_over(e)
             finally:
-                if first:
-                    self._set_threads(self._threads)
                 hand_over(_DONE)
 
         job = asyncio.ensure_future(self._worker.run(generate, CRITICAL if first else FOLLOW_UP))
@@ -174,9 +167,6 @@ class LlamaCppEngine:
             bos_token=llama._model.token_get_text(bos) if bos != -1 else "",
             stop_token_ids=[eos],
         )
-
-    def _set_threads(self, threads: int) -> None:
-        self._llama._ctx.set_n_threads(threads, self._cores)  # read by llama.cpp at each decode
 
     def close(self) -> None:
         self._worker.close()
