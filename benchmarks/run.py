@@ -247,7 +247,12 @@ async def main(args: argparse.Namespace) -> Path:
         for name in systems:
             system: System
             if name == "voicecore":
-                system = VoicecoreSystem(server.creds, workdir / "voicecore")
+                # The concurrency scenario goes past the default capacity (the CPU cores) on purpose:
+                # it measures where that capacity lies.
+                most = str(max(plan.levels, default=1))
+                system = VoicecoreSystem(
+                    server.creds, workdir / "voicecore", {"VOICECORE_LIVEKIT_MAX_CONVERSATIONS": most}
+                )
             else:
                 system = BaselineSystem(server.creds, workdir / "baseline", venv=args.baseline_venv)
             doc["systems"][name] = await bench_system(

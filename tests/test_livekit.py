@@ -409,6 +409,7 @@ async def worker(
 ) -> AsyncIterator[DispatchWorker]:
     config = copy.deepcopy(lk_config)
     config.livekit.agent_name = f"vc-{_room_name(request)}"[:40]
+    config.livekit.max_conversations = 4  # two rooms at once even on a one-core machine
     worker = DispatchWorker(warm, config, livekit_server.creds)
     running = asyncio.create_task(worker.run())
     await asyncio.wait_for(worker.registered.wait(), 10)
@@ -498,6 +499,7 @@ async def test_two_worker_processes_share_six_rooms(livekit_server: LiveKitServe
         "LIVEKIT_API_SECRET": livekit_server.creds.api_secret,
         "VOICECORE_LIVEKIT_AGENT_NAME": agent_name,
         "VOICECORE_LIVEKIT_MAX_JOBS": "3",  # six rooms fill both: each must take three
+        "VOICECORE_LIVEKIT_MAX_CONVERSATIONS": "3",  # (the default, the CPU cores, may be fewer)
         "VOICECORE_LLM_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
     }

@@ -240,7 +240,15 @@ def serve(
     api_secret: ApiSecretOption = None,
     agent_name: Annotated[str | None, typer.Option(help="Agent name that dispatch requests ask for.")] = None,
     max_jobs: Annotated[
-        int | None, typer.Option(help="Rooms this process serves at once (worker mode).")
+        int | None, typer.Option(help="Most rooms this process serves at once (worker mode).")
+    ] = None,
+    max_conversations: Annotated[
+        int | None,
+        typer.Option(help="People listened to at once (all rooms) before the worker is full; 0: CPU cores."),
+    ] = None,
+    drain_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds turns in progress get to finish on Ctrl-C/SIGTERM before leaving."),
     ] = None,
     greeting: Annotated[
         str | None, typer.Option(help="Said to each person who joins (default: nothing).")
@@ -290,6 +298,8 @@ def serve(
                 "livekit.api_secret": api_secret,
                 "livekit.agent_name": agent_name,
                 "livekit.max_jobs": max_jobs,
+                "livekit.max_conversations": max_conversations,
+                "livekit.drain_timeout": drain_timeout,
                 "livekit.greeting": greeting,
                 "http.enabled": http,
                 "http.host": http_host,

@@ -76,7 +76,7 @@ class LlmConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     repeat_penalty: float = 1.1
-    threads: int = 0  # llama.cpp threads; 0 = all cores
+    threads: int = 0  # llama.cpp threads for generation; 0 = one fewer than the cores
     gpu_memory_utilization: float = 0.5  # vLLM only
 
 
@@ -102,7 +102,15 @@ class LiveKitConfig:
     api_secret: str | None = field(default=None, repr=False)
     agent_name: str = "voicecore"  # what dispatch rules and CreateAgentDispatch name
     identity: str = "voicecore-agent"  # the agent's identity in a fixed room (`serve --room`)
-    max_jobs: int = 8  # rooms one process serves in worker mode; at this many it reports WS_FULL
+    max_jobs: int = 8  # rooms one process serves at once in worker mode (a cap; see below)
+    # People being listened to at once, across all rooms: what costs CPU, so what capacity
+    # counts. Load = conversations / this; at it the worker reports WS_FULL and refuses rooms.
+    # 0 = from the hardware: the CPU cores on the CPU path (on 2 cores, 2 conversations keep
+    # p90 voice-to-voice under 1.5 s), 8 with the vLLM engine.
+    max_conversations: int = 0
+    # On SIGTERM/SIGINT: seconds the turns in progress get to finish (no new ones start) before
+    # the agent leaves its rooms anyway.
+    drain_timeout: float = 10.0
     greeting: str = ""  # said to each person who joins; empty = the agent waits to be spoken to
     # Each turn's latency record, as JSON on text stream topic `voicecore.metrics`, to the person
     # answered (the talk page shows it; docs/web.md).
@@ -129,8 +137,11 @@ class HttpConfig:
 
 @dataclass
 class MetricsConfig:
-    # Append each finished turn's TurnRecord (with room and participant) to this JSONL file, one
-    # flushed line per turn; unset = no file. The benchmarks read it to split latency by stage.
+    # Append each finished turn (room, participant identity, what the person said, the agent's
+    # reply as heard, latencies, interrupted) to this JSONL file, one fsync'd line per turn, the
+    # file owner-only (0600). Unset (the default), empty or "none" = nothing is stored;
+    # `serve --no-turn-log` overrides a file set here. `voicecore history` reads it back; the
+    # benchmarks read it to split latency by stage.
     turn_log: str | None = None
 
 

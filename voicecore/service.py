@@ -3,7 +3,9 @@
     HTTP up first          /healthz answers at once, /readyz says "the models are loading"
     models load            in a worker thread, then warm up; shared by every room
     the agent              a fixed room (`--room`) or a dispatch worker, until SIGINT/SIGTERM
-    shutdown               leave the rooms, stop HTTP, free the models
+    shutdown               drain (no new rooms or turns; turns in progress finish, up to
+                           livekit.drain_timeout; /readyz says so), leave the rooms, stop HTTP,
+                           free the models; a second signal cuts the drain short
 
 Telemetry (Prometheus) and readiness watch the rooms through one `rtc.Observer`.
 """
@@ -13,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import signal
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +32,8 @@ from voicecore.web.app import WebContext, WebServer, build_app
 from voicecore.web.auth import AccessPolicy, RateLimiter, is_loopback
 from voicecore.web.details import DetailsIssuer
 from voicecore.web.health import Readiness
+
+MODEL_THREADS_GRACE = 2.0  # seconds the models' threads get to finish the call in progress at exit
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,20 @@ def web_context(
     )
     limiter = RateLimiter(http.rate_per_minute, http.rate_burst)
     return WebContext(policy, limiter, issuer, readiness, telemetry)
+
+
+def _wait_for_model_threads(grace: float) -> None:
+    """After `Models.close()`: let each model thread finish the call it is in (a token, a
+    transcription: well under a second). A native call still running on a daemon thread while the
+    interpreter tears down can abort in llama.cpp (ggml then tries gdb: "ptrace: No such process")."""
+    deadline = time.monotonic() + grace
+    for thread in threading.enumerate():
+        if thread.name.startswith("voicecore-") and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _draining(stop: asyncio.Event) -> str | None:
+    return "shutting down: finishing the turns in progress, taking no new ones" if stop.is_set() else None
 
 
 async def run(
@@ -111,17 +131,20 @@ async def run(
             if options.room:
                 room = options.room
                 readiness.agent_problem = lambda: (
-                    None if room in readiness.rooms else f"the agent is not in room {room}"
+                    _draining(stop)
+                    or (None if room in readiness.rooms else f"the agent is not in room {room}")
                 )
                 await serve_room(models, config, creds, room, stop, notify, observer=observer)
             else:
                 worker = DispatchWorker(models, config, creds, notify=notify, observer=observer)
+                unregistered = "the agent worker is not registered with LiveKit"
                 readiness.agent_problem = lambda: (
-                    None if worker.registered.is_set() else "the agent worker is not registered with LiveKit"
+                    _draining(stop) or (None if worker.registered.is_set() else unregistered)
                 )
                 await run_worker(worker, stop, notify)
         finally:
             models.close()
+            await asyncio.to_thread(_wait_for_model_threads, MODEL_THREADS_GRACE)
     finally:
         if web is not None:
             await web.stop()

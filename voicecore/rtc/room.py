@@ -9,6 +9,18 @@ person, so two people's words never meet in one transcript or one prompt. The ag
 whoever finished a turn; replies take turns on the agent's single voice (see `voice.py`), and
 only the person being answered can interrupt that answer. `lk.agent.state` shows the busiest
 conversation: speaking > thinking > listening.
+
+People come and go: a Conversation belongs to one participant session (its sid), not just to an
+identity, so a person who rejoins as themselves (a reloaded page) gets a fresh Conversation even
+when LiveKit reports the new arrival before the old one's departure. A person with two
+microphones is heard through one: the first microphone track (an unlabelled audio track when
+they have none); another is ignored with one log line and takes over if the first goes away.
+
+The server restarted: the SDK retries on a schedule that stretches to seconds between attempts,
+and a restarted server has forgotten the room, so the SDK can only rejoin, not resume. A room
+that stays until told (`rejoin=True`, the fixed room of `serve --room`) probes the server while
+the connection is lost and, as soon as it answers again, closes with `rejoin_wanted` set so its
+owner joins afresh at once. A dispatched room leaves instead: the server re-dispatches it.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -28,6 +41,7 @@ from voicecore.llm.base import Message
 from voicecore.metrics import TurnLog, TurnRecord
 from voicecore.pipeline import Models
 from voicecore.rtc.observer import Observer
+from voicecore.rtc.tasks import Backoff, server_answers
 from voicecore.rtc.transcription import Outbox, TranscriptStream, post_turn_metrics
 from voicecore.rtc.voice import AgentVoice, from_rtc
 from voicecore.session import Session, SessionHooks
@@ -39,11 +53,21 @@ log = logging.getLogger(__name__)
 ATTR_STATE = "lk.agent.state"
 AUDIO_BACKLOG = 50  # 20 ms frames a stalled loop may owe one person before the oldest drop
 GREETING_WAIT = 5.0  # seconds to wait for the person to subscribe to the agent before greeting
+# While the connection is lost: how often to ask the server whether it is back (jittered, bounded:
+# a refused TCP connection a second costs nothing), and how long to leave a server that never
+# refused (a proxy in front answers for it) to the SDK's own retries before rejoining anyway.
+PROBE_MIN = 0.25
+PROBE_MAX = 1.0
+SDK_GRACE = 5.0
+REJOIN_MAX = 2.0  # the longest wait between two failed joins of a fixed room
+LEAVE_TIMEOUT = 5.0  # room.disconnect() on a dead connection must not hold up a rejoin
 STATE_ORDER = [AgentState.INITIALIZING, AgentState.IDLE, AgentState.LISTENING,
                AgentState.THINKING, AgentState.SPEAKING]  # fmt: skip
 
 
 NOT_PEOPLE = (rtc.ParticipantKind.PARTICIPANT_KIND_AGENT, rtc.ParticipantKind.PARTICIPANT_KIND_EGRESS)
+# Audio a person speaks into, best first. Screen-share audio is not them talking.
+VOICE_SOURCES = (rtc.TrackSource.SOURCE_MICROPHONE, rtc.TrackSource.SOURCE_UNKNOWN)
 
 
 def is_person(participant: rtc.RemoteParticipant) -> bool:
@@ -58,7 +82,10 @@ class Conversation(SessionHooks):
     def __init__(self, room: AgentRoom, participant: rtc.RemoteParticipant) -> None:
         self.room = room
         self.identity = participant.identity
-        self.track_sid = ""
+        self.participant_sid = participant.sid
+        self.track_sid = ""  # the track listened to
+        self._tracks: dict[str, tuple[rtc.Track, rtc.TrackSource.ValueType]] = {}  # all, by sid
+        self._deaf = False
         self.state = AgentState.INITIALIZING
         self.greeting = False
         local = room.room.local_participant
@@ -115,15 +142,52 @@ class Conversation(SessionHooks):
         return AgentState.SPEAKING if self.greeting else self.state
 
     # -- audio in ---------------------------------------------------------------------------------
-    def listen(self, track: rtc.Track, track_sid: str) -> None:
-        """Feed this person's microphone track to their Session (replacing an earlier one)."""
-        if self._pump is not None:
-            self._pump.cancel()
-        self.track_sid = track_sid
-        self._pump = self.room.spawn(self._listen(track), f"listen-{self.identity}")
+    def add_track(self, track: rtc.Track, publication: rtc.TrackPublication) -> None:
+        """A voice track of this person's: listened to if it is the best one they have."""
+        self._tracks[publication.sid] = (track, publication.source)
+        best = self._best_track()
+        if best != self.track_sid and not self._deaf:
+            if self.track_sid:
+                log.info("room %s, %s: listening to track %s instead of %s",
+                         self.room.name, self.identity, best, self.track_sid)  # fmt: skip
+            self._listen_to(best)
+        elif best != publication.sid:
+            log.info(
+                "room %s, %s: a second voice track (%s) is ignored; listening to %s",
+                self.room.name, self.identity, publication.sid, self.track_sid,
+            )  # fmt: skip
+
+    def remove_track(self, track_sid: str) -> None:
+        """A track went away; if it was the one listened to, the next best takes over."""
+        if self._tracks.pop(track_sid, None) is None or track_sid != self.track_sid:
+            return
+        self._stop_pump()
+        self.track_sid = ""
+        if self._tracks and not self._deaf:
+            best = self._best_track()
+            log.info("room %s, %s: track %s gone, listening to %s",
+                     self.room.name, self.identity, track_sid, best)  # fmt: skip
+            self._listen_to(best)
 
     def stop_listening(self, track_sid: str) -> None:
-        if self._pump is not None and track_sid == self.track_sid:
+        """Hear no more from this person (a draining agent), if `track_sid` is the one heard."""
+        if track_sid == self.track_sid:
+            self._deaf = True
+            self._stop_pump()
+
+    def _best_track(self) -> str:
+        """A microphone before an unlabelled track; among equals, the first that arrived."""
+        sids = list(self._tracks)
+        return min(sids, key=lambda sid: (VOICE_SOURCES.index(self._tracks[sid][1]), sids.index(sid)))
+
+    def _listen_to(self, track_sid: str) -> None:
+        self._stop_pump()
+        self.track_sid = track_sid
+        track = self._tracks[track_sid][0]
+        self._pump = self.room.spawn(self._listen(track), f"listen-{self.identity}")
+
+    def _stop_pump(self) -> None:
+        if self._pump is not None:
             self._pump.cancel()
             self._pump = None
 
@@ -198,10 +262,14 @@ class AgentRoom:
         *,
         leave_when_empty: bool = False,
         observer: Observer | None = None,
+        rejoin: bool = False,
     ) -> None:
         self.models = models
         self.config = config
         self.leave_when_empty = leave_when_empty
+        self.rejoin = rejoin
+        self.rejoin_wanted = False  # closed because the server came back: join again at once
+        self.url = ""
         self.observer = observer or Observer()
         self.turn_log = TurnLog(config.metrics.turn_log) if config.metrics.turn_log else None
         self.room = rtc.Room()
@@ -220,6 +288,9 @@ class AgentRoom:
         self.room.on("track_subscribed", self._on_track_subscribed)
         self.room.on("track_unsubscribed", self._on_track_unsubscribed)
         self.room.on("disconnected", self._on_disconnected)
+        self.room.on("reconnecting", self._on_reconnecting)
+        self.room.on("reconnected", self._on_reconnected)
+        self._watch: asyncio.Task[None] | None = None
 
     @classmethod
     async def join(
@@ -231,8 +302,10 @@ class AgentRoom:
         *,
         leave_when_empty: bool = False,
         observer: Observer | None = None,
+        rejoin: bool = False,
     ) -> AgentRoom:
-        agent = cls(models, config, leave_when_empty=leave_when_empty, observer=observer)
+        """Join the room at `url` with `token`. `rejoin`: see `rejoin_wanted` (module docstring)."""
+        agent = cls(models, config, leave_when_empty=leave_when_empty, observer=observer, rejoin=rejoin)
         try:
             await agent._connect(url, token)
         except BaseException:
@@ -241,6 +314,7 @@ class AgentRoom:
         return agent
 
     async def _connect(self, url: str, token: str) -> None:
+        self.url = url
         await self.room.connect(url, token, rtc.RoomOptions(auto_subscribe=True))
         self.name = self.outbox.name = self.room.name
         self._joined = True
@@ -252,8 +326,10 @@ class AgentRoom:
                 continue
             conversation = self._add(participant)
             for publication in participant.track_publications.values():
-                if publication.track is not None and _is_microphone(publication):
-                    conversation.listen(publication.track, publication.sid)
+                if conversation is None:
+                    break
+                if publication.track is not None and _is_voice(publication):
+                    conversation.add_track(publication.track, publication)
         self.update_state()
 
     @property
@@ -266,15 +342,14 @@ class AgentRoom:
             self._add(participant)
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
-        conversation = self.conversations.pop(participant.identity, None)
-        if conversation is None:
-            return
+        conversation = self.conversations.get(participant.identity)
+        if conversation is None or conversation.participant_sid != participant.sid:
+            return  # already replaced by the same person's new session
         log.info("room %s: %s left", self.name, participant.identity)
-        self.spawn(conversation.aclose(), f"close-{participant.identity}")
-        self.update_state()
+        self._end(conversation)
         people = [
             p for p in self.room.remote_participants.values()
-            if is_person(p) and p.identity != participant.identity
+            if is_person(p) and p.sid != participant.sid
         ]  # fmt: skip
         if self.leave_when_empty and not people:
             log.info("room %s: everyone left", self.name)
@@ -286,8 +361,9 @@ class AgentRoom:
         publication: rtc.RemoteTrackPublication,
         participant: rtc.RemoteParticipant,
     ) -> None:
-        if is_person(participant) and _is_microphone(publication):
-            self._add(participant).listen(track, publication.sid)
+        if is_person(participant) and _is_voice(publication):
+            if (conversation := self._add(participant)) is not None:
+                conversation.add_track(track, publication)
 
     def _on_track_unsubscribed(
         self,
@@ -296,8 +372,8 @@ class AgentRoom:
         participant: rtc.RemoteParticipant,
     ) -> None:
         conversation = self.conversations.get(participant.identity)
-        if conversation is not None:
-            conversation.stop_listening(publication.sid)
+        if conversation is not None and conversation.participant_sid == participant.sid:
+            conversation.remove_track(publication.sid)
 
     def _on_disconnected(self, reason: int | None = None) -> None:
         log.info("room %s: disconnected (reason %s)", self.name, reason)
@@ -305,9 +381,42 @@ class AgentRoom:
             self.disconnect_reason = reason
         self._left.set()
 
+    def _on_reconnecting(self) -> None:
+        log.info("room %s: connection to the server lost; reconnecting", self.name)
+        if self.rejoin and self._watch is None and not self._closing:
+            self._watch = self.spawn(self._rejoin_when_server_returns(), "server-watch")
+
+    def _on_reconnected(self) -> None:
+        log.info("room %s: reconnected", self.name)
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        self.voice.refresh(self.room.local_participant)  # a restart republishes the track
+
+    async def _rejoin_when_server_returns(self) -> None:
+        """While the SDK retries: probe the server, and once it answers after having refused (it
+        restarted: the room is gone), or after SDK_GRACE, close so the owner joins afresh."""
+        backoff = Backoff(PROBE_MIN, PROBE_MAX)
+        lost = time.monotonic()
+        refused = False
+        while True:
+            if not await server_answers(self.url):
+                refused = True
+            elif refused or time.monotonic() - lost > SDK_GRACE:
+                break
+            await asyncio.sleep(backoff.next())
+        log.info("room %s: the server is back; joining again", self.name)
+        self.rejoin_wanted = True
+        self._left.set()
+
     # -- conversations and state ------------------------------------------------------------------
-    def _add(self, participant: rtc.RemoteParticipant) -> Conversation:
+    def _add(self, participant: rtc.RemoteParticipant) -> Conversation | None:
+        """This person's Conversation, started if new (None once the agent is leaving)."""
         conversation = self.conversations.get(participant.identity)
+        if conversation is not None and conversation.participant_sid != participant.sid:
+            log.info("room %s: %s rejoined", self.name, participant.identity)
+            self._end(conversation)  # the old session's departure may be reported later
+            conversation = None
         if conversation is None and not self._closing:
             log.info("room %s: %s joined", self.name, participant.identity)
             conversation = Conversation(self, participant)
@@ -315,8 +424,14 @@ class AgentRoom:
             if self.config.livekit.greeting:
                 conversation.greet(self.config.livekit.greeting)
             self.update_state()
-        assert conversation is not None
         return conversation
+
+    def _end(self, conversation: Conversation) -> None:
+        """This person's session is over: close their Conversation."""
+        if self.conversations.get(conversation.identity) is conversation:
+            del self.conversations[conversation.identity]
+        self.spawn(conversation.aclose(), f"close-{conversation.identity}")
+        self.update_state()
 
     def update_state(self, state: AgentState | None = None) -> None:
         """Publish `lk.agent.state`: `state`, or the busiest conversation's (listening if none)."""
@@ -352,6 +467,31 @@ class AgentRoom:
     def closed(self) -> bool:
         return self._left.is_set()
 
+    async def drain(self, grace: float, poll: float = 0.1) -> int:
+        """Shutdown, before `aclose`: let the turns in progress finish (a reply being spoken
+        plays to its end; a person who was mid-sentence gets their answer) and start no new one:
+        whoever is not in a turn, or has finished the turn they were in, is no longer listened
+        to. Returns how many turns were still going after `grace` seconds (0: all finished)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # conversation -> turns it had finished when the drain began: one more, and it is done
+        finishing = {c: len(c.session.records) for c in self.conversations.values()
+                     if c.session.busy or c.greeting}  # fmt: skip
+        while True:
+            present = list(self.conversations.values())
+            finishing = {c: n for c, n in finishing.items() if c in present}  # gone: nothing to wait for
+            for conversation in present:
+                session = conversation.session
+                done = finishing.get(conversation)
+                in_turn = conversation.greeting or (session.busy and len(session.records) == done)
+                if done is not None and in_turn:
+                    continue
+                finishing.pop(conversation, None)
+                conversation.stop_listening(conversation.track_sid)
+            if not finishing or loop.time() >= deadline:
+                return len(finishing)
+            await asyncio.sleep(poll)
+
     async def aclose(self) -> None:
         """Leave: stop every conversation, flush the last transcripts, disconnect."""
         if self._closing:
@@ -365,15 +505,12 @@ class AgentRoom:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.outbox.aclose()
         with contextlib.suppress(Exception):
-            await self.room.disconnect()
+            await asyncio.wait_for(self.room.disconnect(), LEAVE_TIMEOUT)
         await self.voice.aclose()
         self._left.set()
         if self._joined:
             self.observer.on_room_left(self.name)
 
 
-def _is_microphone(publication: rtc.TrackPublication) -> bool:
-    return (
-        publication.kind == rtc.TrackKind.KIND_AUDIO
-        and publication.source == rtc.TrackSource.SOURCE_MICROPHONE
-    )
+def _is_voice(publication: rtc.TrackPublication) -> bool:
+    return publication.kind == rtc.TrackKind.KIND_AUDIO and publication.source in VOICE_SOURCES

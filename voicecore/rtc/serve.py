@@ -4,6 +4,10 @@ these through `voicecore.service`, which owns signals, models and the HTTP side.
 Two ways in: a fixed room (`room=NAME`: mint an agent token, join, rejoin if thrown out) or
 dispatch (register as an agent worker; LiveKit assigns rooms). Either way the models are loaded
 once, before, and shared by every room.
+
+Told to stop, either way drains first: no new turn starts, the turns in progress get up to
+`livekit.drain_timeout` seconds to finish (the reply being spoken is heard to its end), then the
+agent leaves. A second signal (handled by `voicecore.service`) cancels the drain.
 """
 
 from __future__ import annotations
@@ -16,11 +20,17 @@ from livekit import rtc
 
 from voicecore.config import Config
 from voicecore.pipeline import Models
-from voicecore.rtc.observer import Observer
-from voicecore.rtc.room import AgentRoom
-from voicecore.rtc.tasks import wait_first
+from voicecore.rtc.observer import Observer, Observers
+from voicecore.rtc.room import REJOIN_MAX, AgentRoom
+from voicecore.rtc.tasks import Backoff, wait_first
 from voicecore.rtc.token import Credentials, agent_token
-from voicecore.rtc.worker import RECONNECT_MAX, RECONNECT_MIN, DispatchWorker
+from voicecore.rtc.worker import (
+    RECONNECT_MIN,
+    ConversationCount,
+    DispatchWorker,
+    default_capacity,
+    drain_rooms,
+)
 
 
 async def serve_room(
@@ -32,23 +42,28 @@ async def serve_room(
     notify: Callable[[str], None] = print,
     observer: Observer | None = None,
 ) -> None:
-    """Stay in `room` until `stop`: join, and join again if the connection is lost for good."""
+    """Stay in `room` until `stop`: join, and join again if the connection is lost for good.
+    At `stop`, let the turns in progress finish (up to `livekit.drain_timeout`), then leave."""
     identity = config.livekit.identity
-    delay = RECONNECT_MIN
+    counter = ConversationCount(default_capacity(config), notify)  # warns above capacity
+    observer = Observers([observer or Observer(), counter])
+    retry = Backoff(RECONNECT_MIN, REJOIN_MAX)  # short cap: back within seconds of the server
     while not stop.is_set():
         token = agent_token(creds, room, identity, config.livekit.agent_name)
         try:
-            agent = await AgentRoom.join(models, config, creds.ws_url, token, observer=observer)
+            agent = await AgentRoom.join(models, config, creds.ws_url, token, observer=observer, rejoin=True)
         except Exception as e:
+            delay = retry.next()
             notify(f"could not join room {room} on {creds.ws_url} ({e}); retrying in {delay:.1f} s")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, RECONNECT_MAX)
             continue
-        delay = RECONNECT_MIN
+        retry.reset()
         notify(f"joined room {room} on {creds.ws_url} as {identity}")
         try:
             await wait_first(stop.wait(), agent.wait_closed())
+            if stop.is_set() and not agent.closed:
+                await drain_rooms([agent], config.livekit.drain_timeout, notify)
         finally:
             await agent.aclose()
             notify(f"left room {room}")
@@ -72,11 +87,14 @@ async def serve_dispatch(
 
 
 async def run_worker(worker: DispatchWorker, stop: asyncio.Event, notify: Callable[[str], None]) -> None:
-    """Run `worker` until `stop`, then leave every room and unregister."""
+    """Run `worker` until `stop`; then take no new rooms, let the turns in progress finish (up
+    to `livekit.drain_timeout`), leave every room and unregister."""
     notify(f"registering agent worker {worker.agent_name!r} on {worker.url}")
     running = asyncio.create_task(worker.run(), name="agent-worker")
     try:
         await wait_first(stop.wait(), asyncio.shield(running))
+        if stop.is_set():
+            await worker.drain(worker.config.livekit.drain_timeout)
     finally:
         await worker.aclose()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 QUEUE_MS = 200
 # A lane holding the floor but silent this long has lost its reply (a failed turn): let others on.
 STALE_FLOOR = 3.0
+TRACK_NAME = "agent-voice"
 
 
 def from_rtc(frame: rtc.AudioFrame) -> AudioFrame:
@@ -48,15 +49,24 @@ class AgentVoice:
     def __init__(self, sample_rate: int, queue_ms: int = QUEUE_MS) -> None:
         self.sample_rate = sample_rate
         self.source = rtc.AudioSource(sample_rate, 1, queue_size_ms=queue_ms)
-        self.track = rtc.LocalAudioTrack.create_audio_track("agent-voice", self.source)
+        # Made when published, not before: the SDK (1.2) can crash or hang the process when it
+        # garbage-collects a track that was never published (a join that failed).
+        self.track: rtc.LocalAudioTrack | None = None
         self.publication: rtc.LocalTrackPublication | None = None
         self._holder: VoiceLane | None = None
         self._floor_freed = asyncio.Event()
 
     async def publish(self, participant: rtc.LocalParticipant) -> rtc.LocalTrackPublication:
         options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        self.track = rtc.LocalAudioTrack.create_audio_track(TRACK_NAME, self.source)
         self.publication = await participant.publish_track(self.track, options)
         return self.publication
+
+    def refresh(self, participant: rtc.LocalParticipant) -> None:
+        """After the SDK rejoined a restarted server: the track was published again, new sid."""
+        for publication in participant.track_publications.values():
+            if publication.name == TRACK_NAME:
+                self.publication = publication
 
     @property
     def track_sid(self) -> str:

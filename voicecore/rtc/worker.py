@@ -18,10 +18,21 @@ The protocol is livekit_agent.proto, as binary protobuf frames on `ws(s)://<serv
     ping(timestamp)                      --->
                                          <---   pong
 
-The server picks among WS_AVAILABLE workers at random, weighted by 1 - load, so load is the
-share of `max_jobs` in use, reported before a job is accepted. When the connection drops (server
-restart, network), the worker reconnects with exponential backoff and registers again; rooms it
-is in stay joined (the RTC connection is separate).
+The server picks among WS_AVAILABLE workers at random, weighted by 1 - load. What costs CPU is
+not rooms but conversations (people being listened to, each with their own VAD, turns and
+replies), so load is conversations / `max_conversations`, counted over every room, a room with
+nobody in it yet (or promised, not yet assigned) as one. At capacity, or at `max_jobs` rooms, the
+worker reports WS_FULL and refuses availability requests, so a burst of dispatches is spread over
+other workers (or waits) instead of being accepted and served late. Someone who joins a room the
+agent already serves is answered even above capacity (a silent agent is worse than a slow one);
+one warning line says so.
+
+Shutdown drains: the worker reports WS_FULL and refuses every new job at once, lets the turns in
+progress finish for up to `drain_timeout` seconds (`AgentRoom.drain`), then leaves every room
+(each job reported JS_SUCCESS) and closes the connection.
+
+When the connection drops (server restart, network), the worker reconnects with exponential
+backoff and registers again; rooms it is in stay joined (the RTC connection is separate).
 """
 
 from __future__ import annotations
@@ -29,9 +40,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -40,7 +53,7 @@ from livekit.protocol import models as proto_models
 
 from voicecore.config import Config
 from voicecore.pipeline import Models
-from voicecore.rtc.observer import Observer
+from voicecore.rtc.observer import Observer, Observers
 from voicecore.rtc.room import AgentRoom
 from voicecore.rtc.tasks import wait_first
 from voicecore.rtc.token import Credentials, worker_token
@@ -59,8 +72,50 @@ RECONNECT_MAX = 15.0
 LEAVE_TIMEOUT = 10.0  # per room, at shutdown
 
 
+GPU_CONVERSATIONS = 8  # default capacity with the vLLM engine: not measured here, set your own
+
+
 class ConnectionLost(Exception):
     pass
+
+
+def default_capacity(config: Config) -> int:
+    """Conversations this process serves at once: `livekit.max_conversations`, or from the
+    hardware. On the CPU path each conversation's turn needs about one core for its STT, LLM
+    and TTS bursts (the benchmark: 2 conversations on 2 cores keep p90 voice-to-voice under
+    1.5 s; 4 do not)."""
+    if config.livekit.max_conversations > 0:
+        return config.livekit.max_conversations
+    if config.llm.engine == "vllm":
+        return GPU_CONVERSATIONS
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class ConversationCount(Observer):
+    """The conversations going on in every room of this process; warns once a person beyond
+    capacity is taken on (they are answered, more slowly than the others would like)."""
+
+    def __init__(self, capacity: int, notify: Callable[[str], None] = log.warning) -> None:
+        self.capacity = capacity
+        self.notify = notify
+        self.per_room: Counter[str] = Counter()
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_room.values())
+
+    def on_conversation_started(self, room: str, identity: str) -> None:
+        self.per_room[room] += 1
+        if self.total > self.capacity:
+            self.notify(
+                f"room {room}: {identity} joined: {self.total} conversations, over the capacity of "
+                f"{self.capacity} (livekit.max_conversations); answering, but replies will be slower"
+            )
+
+    def on_conversation_ended(self, room: str, identity: str) -> None:
+        self.per_room[room] -= 1
+        if self.per_room[room] <= 0:
+            del self.per_room[room]
 
 
 @dataclass
@@ -69,6 +124,7 @@ class Job:
     room: str
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    agent: AgentRoom | None = None  # once joined
 
 
 class DispatchWorker:
@@ -86,9 +142,11 @@ class DispatchWorker:
         self.config = config
         self.creds = creds
         self.notify = notify
-        self.observer = observer or Observer()
         self.agent_name = config.livekit.agent_name
         self.max_jobs = max(1, config.livekit.max_jobs)
+        self.capacity = default_capacity(config)
+        self.conversations = ConversationCount(self.capacity, notify)
+        self.observer = Observers([observer or Observer(), self.conversations])
         self.worker_id = ""
         self.registered = asyncio.Event()
         self.registrations = 0  # how many times this worker registered (reconnects + 1)
@@ -98,6 +156,7 @@ class DispatchWorker:
         self._send_lock = asyncio.Lock()
         self._stopping = False
         self._stopped = asyncio.Event()
+        self._refusals: set[asyncio.Task[None]] = set()  # job refusals being sent
 
     @property
     def url(self) -> str:
@@ -161,7 +220,7 @@ class DispatchWorker:
             self.registered.set()
             self.notify(
                 f"agent worker {self.worker_id}: registered as {self.agent_name!r} on "
-                f"{self.creds.ws_url}, up to {self.max_jobs} rooms"
+                f"{self.creds.ws_url}, up to {self.capacity} conversations in {self.max_jobs} rooms"
             )
             await self._send_status()
             tickers = [
@@ -209,18 +268,25 @@ class DispatchWorker:
 
     # -- load -------------------------------------------------------------------------------------
     @property
-    def load(self) -> int:
+    def rooms(self) -> int:
         """Rooms in use or promised (accepted, not yet assigned)."""
         return len(self.jobs) + len(self._pending)
 
     @property
+    def load(self) -> int:
+        """Conversations going on or expected: a room's people, at least one per room (someone
+        is about to join a room just dispatched), one per promised room."""
+        per_room = self.conversations.per_room
+        return sum(max(1, per_room[job.room]) for job in self.jobs.values()) + len(self._pending)
+
+    @property
     def full(self) -> bool:
-        return self._stopping or self.load >= self.max_jobs
+        return self._stopping or self.load >= self.capacity or self.rooms >= self.max_jobs
 
     async def _send_status(self) -> None:
         status = proto.WorkerStatus.WS_FULL if self.full else proto.WorkerStatus.WS_AVAILABLE
         update = proto.UpdateWorkerStatus(
-            status=status, load=min(1.0, self.load / self.max_jobs), job_count=len(self.jobs)
+            status=status, load=min(1.0, self.load / self.capacity), job_count=len(self.jobs)
         )
         await self._send(proto.WorkerMessage(update_worker=update))
 
@@ -228,7 +294,8 @@ class DispatchWorker:
     async def _on_availability(self, request: proto.AvailabilityRequest) -> None:
         job = request.job
         if self.full:
-            log.info("agent worker: refusing room %s (%d rooms, full)", job.room.name, self.load)
+            why = "shutting down" if self._stopping else f"full: {self.load} of {self.capacity} conversations"
+            self.notify(f"refusing room {job.room.name} ({why})")
             answer = proto.AvailabilityResponse(job_id=job.id, available=False)
             await self._send(proto.WorkerMessage(availability=answer))
             return
@@ -254,6 +321,12 @@ class DispatchWorker:
             return
         timer.cancel()
         job = Job(assignment.job.id, assignment.job.room.name)
+        if self._stopping:  # accepted just before the drain began: too late to serve it now
+            self.notify(f"not joining room {job.room}: shutting down")
+            refused = self._send_job_status(job, proto.JobStatus.JS_FAILED, "the worker is shutting down")
+            self._refusals.add(task := asyncio.create_task(refused))
+            task.add_done_callback(self._refusals.discard)
+            return
         self.jobs[job.id] = job
         url = assignment.url or self.creds.ws_url  # empty: the server we registered with
         job.task = asyncio.create_task(self._run_job(job, url, assignment.token))
@@ -270,6 +343,7 @@ class DispatchWorker:
             agent = await AgentRoom.join(
                 self.models, self.config, url, token, leave_when_empty=True, observer=self.observer
             )
+            job.agent = agent
             await self._send_job_status(job, proto.JobStatus.JS_RUNNING)
             self.notify(f"joined room {job.room}")
             await wait_first(job.stop.wait(), agent.wait_closed())
@@ -290,6 +364,15 @@ class DispatchWorker:
         await self._send(proto.WorkerMessage(update_job=update))
 
     # -- shutdown ---------------------------------------------------------------------------------
+    async def drain(self, grace: float) -> None:
+        """Take no new job from now on (WS_FULL, availability refused), and give the turns in
+        progress in every room up to `grace` seconds to finish. `aclose()` then leaves."""
+        self._stopping = True
+        self._stopped.set()
+        await self._send_status()
+        rooms = [job.agent for job in self.jobs.values() if job.agent is not None]
+        await drain_rooms(rooms, grace, self.notify)
+
     async def aclose(self) -> None:
         """Take no new rooms, leave every room (reporting each job done), close the connection."""
         self._stopping = True
@@ -306,8 +389,24 @@ class DispatchWorker:
         for timer in self._pending.values():
             timer.cancel()
         self._pending.clear()
+        await asyncio.gather(*self._refusals, return_exceptions=True)
         if self._ws is not None:
             await self._ws.close()
+
+
+async def drain_rooms(rooms: Sequence[AgentRoom], grace: float, notify: Callable[[str], None]) -> None:
+    """Let the turns in progress in `rooms` finish, up to `grace` seconds; start no new ones."""
+    in_turn = sum(c.session.busy or c.greeting for room in rooms for c in room.conversations.values())
+    conversations = sum(len(room.conversations) for room in rooms)
+    notify(
+        f"draining: {in_turn} of {conversations} conversations in a turn, in {len(rooms)} rooms; "
+        f"up to {grace:g} s for them to finish"
+    )
+    unfinished = await asyncio.gather(*(room.drain(grace) for room in rooms))
+    if sum(unfinished):
+        notify(f"drain: {sum(unfinished)} turns unfinished after {grace:g} s; leaving anyway")
+    else:
+        notify("drain: every turn finished")
 
 
 async def _receive(ws: aiohttp.ClientWebSocketResponse) -> proto.ServerMessage:

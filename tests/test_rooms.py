@@ -1,0 +1,380 @@
+"""The agent in a room while the room changes under it: the LiveKit server restarts, people leave
+mid-reply, rejoin as themselves, arrive together, or publish two microphones.
+
+Everything is real: livekit-server, the SDK callers of test_livekit.py, the bundled models. What a
+user cares about is checked: the agent is back and answering, no one is left unanswered, and no
+task or thread outlives the people it served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import gc
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import transcribe, words
+from livekit import api, rtc
+from livekit_fixtures import LiveKitServer, livekit_binary
+from test_livekit import FRAME, RATE, Caller, poll
+
+from voicecore import AudioFrame, Config, Models
+from voicecore.metrics import TurnRecord
+from voicecore.rtc import AgentRoom, Observer, agent_token, serve_room
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning"),
+]
+
+BACK_WITHIN = 5.0  # the issue's bound: agent in the room and answering after the server returns
+OUTAGE = 30.0  # down longer than the SDK retries for (14-25 s): a real restart, not a blip
+
+
+@pytest.fixture(scope="module")
+async def warm(models: Models, config: Config) -> Models:
+    await models.warm_up(config.llm.system_prompt)
+    return models
+
+
+@pytest.fixture
+def room_config(config: Config) -> Config:
+    return copy.deepcopy(config)
+
+
+@pytest.fixture
+async def callers() -> AsyncIterator[Callable[[str], Caller]]:
+    made: list[Caller] = []
+
+    def make(identity: str) -> Caller:
+        made.append(Caller(identity))
+        return made[-1]
+
+    yield make
+    for caller in made:
+        if caller.room.isconnected():
+            await asyncio.wait_for(caller.leave(), 10)
+
+
+@pytest.fixture
+async def agent_in(livekit_server: LiveKitServer, warm: Models, room_config: Config):
+    """agent_in(room) -> AgentRoom joined to `room` (fixed-room mode); closed at the end."""
+    agents: list[AgentRoom] = []
+
+    async def join(room: str) -> AgentRoom:
+        token = agent_token(livekit_server.creds, room, "voicecore-agent")
+        agents.append(
+            await asyncio.wait_for(AgentRoom.join(warm, room_config, livekit_server.creds.ws_url, token), 15)
+        )
+        return agents[-1]
+
+    yield join
+    for agent in agents:
+        await agent.aclose()
+
+
+# -- what the agent is doing -------------------------------------------------------------------------
+def agent_state(caller: Caller) -> str | None:
+    """`lk.agent.state` of the agent in the caller's room, as the caller sees it now."""
+    for participant in caller.room.remote_participants.values():
+        if participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+            return participant.attributes.get("lk.agent.state")
+    return None
+
+
+def hears(agent: AgentRoom, caller: Caller, track_sid: str | None = None) -> bool:
+    """The agent listens to this caller (this session of theirs) on `track_sid` (their mic)."""
+    conversation = agent.conversations.get(caller.identity)
+    return (
+        conversation is not None
+        and conversation.participant_sid == caller.room.local_participant.sid
+        and conversation.track_sid == (track_sid or caller.mic_sid)
+    )
+
+
+def tracks_heard_from(agent: AgentRoom, identity: str) -> int:
+    """How many voice tracks of this person's the agent knows (one of them is listened to)."""
+    conversation = agent.conversations.get(identity)
+    return len(conversation._tracks) if conversation is not None else 0
+
+
+async def ask(agent: AgentRoom, caller: Caller, question: AudioFrame) -> TurnRecord:
+    """`caller` asks `question` and hears the whole answer; the agent's record of that turn."""
+    session = agent.conversations[caller.identity].session
+    turns = len(session.records)
+    await caller.speak(question)
+    await poll(lambda: len(session.records) > turns and not session.busy, 40)
+    return session.records[-1]
+
+
+def tasks_and_threads() -> tuple[list[str], list[str]]:
+    """Names of the running asyncio tasks and Python threads. Apart: the default executor's
+    workers (it keeps up to `max_workers` idle, bounded by design, checked in `back_to`) and
+    "Dummy" threads, native threads of the SDK that once called into Python: Python never
+    learns when those end, so they stay listed whatever happens."""
+    tasks = sorted(
+        f"{t.get_name()} ({t.get_coro().__qualname__})" for t in asyncio.all_tasks() if not t.done()
+    )
+    threads = sorted(
+        t.name
+        for t in threading.enumerate()
+        if not t.name.startswith("asyncio_") and not isinstance(t, threading._DummyThread)
+    )
+    return tasks, threads
+
+
+async def back_to(baseline: tuple[list[str], list[str]], within: float = 10.0) -> None:
+    """Until no more tasks and threads are running than at `baseline` (an assertion naming the
+    extra ones otherwise)."""
+    try:
+        await poll(
+            lambda: all(
+                len(now) <= len(then) for now, then in zip(tasks_and_threads(), baseline, strict=True)
+            ),
+            within,
+        )
+    except TimeoutError:
+        tasks, threads = tasks_and_threads()
+        extra_tasks = sorted(set(tasks) - set(baseline[0])) or tasks
+        extra_threads = sorted(set(threads) - set(baseline[1])) or threads
+        raise AssertionError(f"leaked: tasks {extra_tasks}, threads {extra_threads}") from None
+    executor = asyncio.get_running_loop()._default_executor  # type: ignore[attr-defined]
+    idle = [t for t in threading.enumerate() if t.name.startswith("asyncio_")]
+    assert executor is None or len(idle) <= executor._max_workers
+
+
+async def agent_listed(server: LiveKitServer, room: str) -> float:
+    """When the server next lists an agent participant in `room` (polling every 0.1 s)."""
+    lkapi = server.api()
+    try:
+        while True:
+            with contextlib.suppress(Exception):  # no such room until someone turns it
+                listing = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+                if any(p.kind == api.ParticipantInfo.Kind.AGENT for p in listing.participants):
+                    return time.monotonic()
+            await asyncio.sleep(0.1)
+    finally:
+        await lkapi.aclose()
+
+
+# -- tests ------------------------------------------------------------------------------------------
+class Turns(Observer):
+    """The agent's turns, whichever AgentRoom `serve_room` has at the time."""
+
+    def __init__(self) -> None:
+        self.turns: list[TurnRecord] = []
+
+    def on_turn(self, room: str, identity: str, record: TurnRecord) -> None:
+        self.turns.append(record)
+
+
+async def test_fixed_room_agent_is_back_and_answering_within_5_s_of_a_server_restart(
+    warm: Models, room_config: Config, say, callers, tmp_path: Path
+):
+    binary = livekit_binary()
+    if binary is None:
+        pytest.skip("livekit-server not found (bin/setup builds it)")
+    server = LiveKitServer(binary, tmp_path)  # a server of its own: this one goes down
+    server.start()
+    stop, seen, notes = asyncio.Event(), Turns(), []
+    france, japan = say("What is the capital of France?"), say("What is the capital of Japan?")
+    serving = asyncio.create_task(
+        serve_room(warm, room_config, server.creds, "restart", stop, notes.append, seen)
+    )
+    try:
+        erin = callers("erin")
+        await asyncio.wait_for(erin.join(server.creds, "restart"), 15)
+        await poll(lambda: agent_state(erin) == "listening", 15)
+        await asyncio.sleep(0.5)
+        await erin.speak(france)
+        await poll(lambda: len(seen.turns) == 1, 40)
+        assert "paris" in words(seen.turns[0].agent_text), seen.turns[0]
+
+        await asyncio.to_thread(server.stop)
+        await asyncio.wait_for(erin.leave(), 10)  # the page gave up on this connection
+        await asyncio.sleep(OUTAGE)
+        await asyncio.to_thread(server.start)
+        back = time.monotonic()
+        agent_back = asyncio.create_task(agent_listed(server, "restart"))
+
+        # the person's page connects again (a fresh connection, as livekit-client's does)
+        again = callers("erin")
+        await asyncio.wait_for(again.join(server.creds, "restart"), 15)
+        await poll(lambda: agent_state(again) == "listening", 15)
+        listening = time.monotonic() - back
+        present = await asyncio.wait_for(agent_back, 1) - back
+        await asyncio.sleep(0.5)
+        _, speech_end = await again.speak(japan)
+        await poll(lambda: again.loud_times(since=speech_end), 20)
+        answered = again.loud_times(since=speech_end)[0]
+        await poll(lambda: len(seen.turns) == 2, 40)
+        print(
+            f"\nafter the server's return: agent in the room {present:.2f} s, listening to the "
+            f"person {listening:.2f} s, question asked {speech_end - back:.2f} s, answer heard "
+            f"{answered - back:.2f} s ({answered - speech_end:.2f} s after the question)"
+        )
+        # The agent's part of the bound: back in the room, ready to answer. How long the answer
+        # itself takes is the models' (test_livekit.py measures it), and the page's reconnect
+        # is the person's.
+        assert present < BACK_WITHIN, notes
+        assert "tokyo" in words(seen.turns[1].agent_text), seen.turns[1]
+        assert "tokyo" in words(await transcribe(warm, again.heard(since=speech_end)))
+        await asyncio.wait_for(again.leave(), 10)
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 30)
+        server.stop()
+    # What the failed joins and the abandoned connection left behind can be collected: the SDK
+    # hung or crashed here when a never-published agent track was (see voice.AgentVoice).
+    await asyncio.wait_for(asyncio.to_thread(gc.collect), 10)
+
+
+async def test_leaving_mid_reply_rejoining_and_taking_over_leave_nothing_behind(
+    livekit_server: LiveKitServer, agent_in, warm: Models, say, callers
+):
+    creds = livekit_server.creds
+    agent = await agent_in("leave-rejoin")
+    baseline = tasks_and_threads()
+
+    # leaves while the agent is answering: the reply stops, the conversation is closed
+    alice = callers("alice")
+    await asyncio.wait_for(alice.join(creds, "leave-rejoin"), 15)
+    await poll(partial(hears, agent, alice), 10)
+    conversation = agent.conversations["alice"]
+    _, speech_end = await alice.speak(say("Tell me a long story about a cat."))
+    await poll(lambda: alice.loud_times(since=speech_end), 20)
+    assert agent.voice.speaking is not None
+    await asyncio.wait_for(alice.leave(), 10)
+    await poll(lambda: "alice" not in agent.conversations and agent.voice.speaking is None, 5)
+    reply = conversation.session._reply_task
+    await poll(lambda: (reply is None or reply.done()) and agent.state.value == "listening", 5)
+    assert agent.voice.source.queued_duration == 0
+
+    # rejoins as herself: a new conversation, answered
+    alice = callers("alice")
+    await asyncio.wait_for(alice.join(creds, "leave-rejoin"), 15)
+    await poll(partial(hears, agent, alice), 10)
+    assert agent.conversations["alice"] is not conversation
+    record = await ask(agent, alice, say("What is the capital of France?"))
+    assert "paris" in words(record.agent_text), record
+
+    # a reloaded page: the same identity turns again before the old connection says goodbye
+    old = alice
+    alice = callers("alice")
+    await asyncio.wait_for(alice.join(creds, "leave-rejoin"), 15)
+    await poll(partial(hears, agent, alice), 10)
+    assert list(agent.conversations) == ["alice"]
+    await poll(lambda: not old.room.isconnected(), 10)  # the server threw the old one out
+    await old.leave()  # (stops its microphone)
+    record = await ask(agent, alice, say("What is the capital of Japan?"))
+    assert "tokyo" in words(record.agent_text), record
+
+    await asyncio.wait_for(alice.leave(), 10)
+    await poll(lambda: not agent.conversations, 5)
+    await back_to(baseline)
+
+
+async def test_two_people_joining_at_the_same_instant_are_both_answered(
+    livekit_server: LiveKitServer, agent_in, warm: Models, say, callers
+):
+    creds = livekit_server.creds
+    agent = await agent_in("together")
+    baseline = tasks_and_threads()
+    ann, ben = callers("ann"), callers("ben")
+    await asyncio.wait_for(asyncio.gather(ann.join(creds, "together"), ben.join(creds, "together")), 15)
+    await poll(lambda: hears(agent, ann) and hears(agent, ben), 10)
+    france, japan = say("What is the capital of France?"), say("What is the capital of Japan?")
+    records = await asyncio.gather(ask(agent, ann, france), ask(agent, ben, japan))
+    assert "paris" in words(records[0].agent_text), records[0]
+    assert "tokyo" in words(records[1].agent_text), records[1]
+
+    await asyncio.wait_for(asyncio.gather(ann.leave(), ben.leave()), 10)
+    await poll(lambda: not agent.conversations, 5)
+    await back_to(baseline)
+
+
+class SecondMic:
+    """Another microphone track of a caller's: white noise (or silence), or speech when given."""
+
+    def __init__(self, caller: Caller) -> None:
+        self.caller = caller
+        self.source = rtc.AudioSource(RATE, 1, queue_size_ms=40)
+        self.sid = ""
+        self.noise = True
+        self._speech: deque[np.ndarray] = deque()
+        self._task: asyncio.Task[None] | None = None
+
+    async def publish(self) -> None:
+        track = rtc.LocalAudioTrack.create_audio_track("mic-2", self.source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        self.sid = (await self.caller.room.local_participant.publish_track(track, options)).sid
+        self._task = asyncio.create_task(self._run())
+        self.caller._tasks.append(self._task)  # stopped with the caller
+
+    async def speak(self, samples: np.ndarray) -> float:
+        """Say `samples` (16 kHz) instead of the noise; returns when they were all sent."""
+        self.noise = False
+        self._speech.append(samples)
+        await poll(lambda: not self._speech, 30)
+        return time.monotonic()
+
+    async def _run(self) -> None:
+        rng = np.random.default_rng(0)
+        next_frame = time.monotonic()
+        current = np.zeros(0, np.int16)
+        while True:
+            if not len(current) and self._speech:
+                current = self._speech[0]
+            if len(current):
+                frame, current = current[:FRAME], current[FRAME:]
+                frame = np.concatenate([frame, np.zeros(FRAME - len(frame), np.int16)])
+                if not len(current):
+                    self._speech.popleft()
+            elif self.noise:
+                frame = rng.normal(0, 2000, FRAME).clip(-32768, 32767).astype(np.int16)
+            else:
+                frame = np.zeros(FRAME, np.int16)
+            await self.source.capture_frame(rtc.AudioFrame(frame.tobytes(), RATE, 1, FRAME))
+            next_frame = max(next_frame + 0.02, time.monotonic() - 0.02)
+            await asyncio.sleep(max(0.0, next_frame - time.monotonic()))
+
+
+async def test_a_person_with_two_microphones_is_heard_through_one(
+    livekit_server: LiveKitServer, agent_in, warm: Models, say, callers, caplog
+):
+    caplog.set_level(logging.INFO, logger="voicecore.rtc.room")
+    creds = livekit_server.creds
+    agent = await agent_in("two-mics")
+    baseline = tasks_and_threads()
+    cleo = callers("cleo")
+    await asyncio.wait_for(cleo.join(creds, "two-mics"), 15)
+    noisy = SecondMic(cleo)
+    await noisy.publish()  # a second microphone, hissing
+    await poll(lambda: tracks_heard_from(agent, "cleo") == 2, 10)
+    assert hears(agent, cleo)  # the first microphone; the second is ignored
+    assert "second voice track" in caplog.text
+
+    record = await ask(agent, cleo, say("What is the capital of France?"))
+    assert "paris" in words(record.agent_text), record
+
+    # the microphone listened to goes away: the other one takes over
+    await cleo.room.local_participant.unpublish_track(cleo.mic_sid)
+    await poll(lambda: hears(agent, cleo, noisy.sid), 10)
+    session = agent.conversations["cleo"].session
+    turns = len(session.records)
+    await noisy.speak(say("What is the capital of Japan?").samples)
+    await poll(lambda: len(session.records) > turns and not session.busy, 40)
+    assert "tokyo" in words(session.records[-1].agent_text), session.records[-1]
+
+    await asyncio.wait_for(cleo.leave(), 10)
+    await poll(lambda: not agent.conversations, 5)
+    await back_to(baseline)
