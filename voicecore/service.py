@@ -25,7 +25,7 @@ from voicecore.errors import ConfigError
 from voicecore.pipeline import Models
 from voicecore.rtc.observer import Observers
 from voicecore.rtc.serve import run_worker, serve_room
-from voicecore.rtc.token import Credentials
+from voicecore.rtc.token import Credentials, check_credentials
 from voicecore.rtc.worker import DispatchWorker
 from voicecore.telemetry import Telemetry
 from voicecore.web.app import WebContext, WebServer, build_app
@@ -119,6 +119,7 @@ async def run(
                     f"warning: HTTP on {config.http.host} is reachable from other machines and "
                     "VOICECORE_HTTP_API_KEY is not set: anyone who can open the page can talk to the agent"
                 )
+        await check_credentials(creds)  # a wrong key pair: one line now, not retries forever
         notify("loading models...")
         models = await asyncio.to_thread(load_models)
         try:

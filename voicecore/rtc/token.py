@@ -5,6 +5,7 @@ Secrets and tokens are never logged: `Credentials` hides the secret from its rep
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ WORKER_TTL = datetime.timedelta(minutes=10)  # only checked when the /agent webs
 USER_TTL = datetime.timedelta(hours=6)
 # livekit-server --dev's built-in pair: anyone knows it, so only `--dev` may use it.
 DEV_API_KEY, DEV_API_SECRET = "devkey", "secret"
+CHECK_TIMEOUT = 5.0  # seconds for the start-up check of the key pair
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,24 @@ def refuse_dev_keys(creds: Credentials) -> None:
             "the LiveKit API key/secret is livekit-server's public development pair "
             f"({DEV_API_KEY}/{DEV_API_SECRET}): pass --dev to use it on your own machine"
         )
+
+
+async def check_credentials(creds: Credentials) -> None:
+    """Fail at once, in one line, if the LiveKit server refuses this key pair. A server that is
+    down or slow is not an error here: the agent waits for it."""
+    lk = api.LiveKitAPI(creds.http_url, creds.api_key, creds.api_secret)
+    try:
+        await asyncio.wait_for(lk.room.list_rooms(api.ListRoomsRequest(names=["-"])), CHECK_TIMEOUT)
+    except api.TwirpError as e:
+        if e.status in (401, 403):
+            raise ConfigError(
+                f"the LiveKit server at {creds.http_url} refused API key {creds.api_key!r} "
+                f"({e.status}): check LIVEKIT_API_KEY and LIVEKIT_API_SECRET (or --api-key/--api-secret)"
+            ) from None
+    except Exception:  # noqa: BLE001 - unreachable, timed out: the agent retries on its own
+        pass
+    finally:
+        await lk.aclose()
 
 
 def agent_token(creds: Credentials, room: str, identity: str, name: str = "") -> str:

@@ -68,7 +68,7 @@ CONNECT_TIMEOUT = 10.0
 REGISTER_TIMEOUT = 10.0
 ASSIGNMENT_TIMEOUT = 15.0  # the server gives up on an availability answer after 10 s
 RECONNECT_MIN = 0.5
-RECONNECT_MAX = 15.0
+RECONNECT_MAX = 2.0  # a restarted server has the worker back within seconds
 LEAVE_TIMEOUT = 10.0  # per room, at shutdown
 
 
