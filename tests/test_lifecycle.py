@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import os
-import re
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
@@ -25,8 +22,17 @@ import aiohttp
 import pytest
 from helpers import join, transcribe, words
 from livekit import rtc
-from livekit_fixtures import ROOT, LiveKitServer, free_port
-from test_livekit import Caller, _agents_in, _dispatch, _listening, _reply_done, poll
+from livekit_fixtures import (
+    Caller,
+    LiveKitServer,
+    agents_in,
+    dispatch,
+    free_port,
+    listening,
+    poll,
+    reply_done,
+)
+from serve_process import ServeProcess, ServeProcesses
 
 from voicecore import Models
 from voicecore.rtc.worker import Job
@@ -36,80 +42,30 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning"),
 ]
 
-STARTUP = 120.0  # model loading in a fresh process, on a busy 2-core machine
 EXIT_SLACK = 8.0  # after the drain: leave rooms, stop HTTP, free the models, interpreter exit
 
-
-@dataclass
-class Serve:
-    """One `voicecore serve` process and its output."""
-
-    proc: asyncio.subprocess.Process
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    async def wait_for(self, text: str, within: float = STARTUP) -> None:
-        try:
-            await poll(lambda: text in self.output(), within, 0.1)
-        except TimeoutError:
-            raise AssertionError(f"{text!r} not in the output:\n{self.output()[-3000:]}") from None
-
-    def joined(self) -> list[str]:
-        return re.findall(r"joined room (\S+)", self.output())
-
-    async def stop(self, sig: int = signal.SIGTERM, within: float = 30.0) -> tuple[int, float]:
-        """Send `sig`; the exit code and how long the process took to exit."""
-        sent = time.monotonic()
-        self.proc.send_signal(sig)
-        code = await asyncio.wait_for(self.proc.wait(), within)
-        return code, time.monotonic() - sent
-
-
-StartServe = Callable[..., Awaitable[Serve]]
+StartServe = Callable[..., Awaitable[ServeProcess]]
 
 
 @pytest.fixture
-async def start_serve(livekit_server: LiveKitServer, tmp_path: Path) -> AsyncIterator[StartServe]:
-    started: list[Serve] = []
+def start_serve(livekit_server: LiveKitServer, serve_processes: ServeProcesses, tmp_path: Path) -> StartServe:
+    """start_serve(*args, **env) -> `voicecore serve --dev ARGS`, started, on the session's LiveKit
+    server, with VOICECORE_<NAME>=value for each keyword; killed at the end if still running."""
+    logs = itertools.count()
 
-    async def start(*args: str, **env: str) -> Serve:
+    async def start(*args: str, **env: str) -> ServeProcess:
         creds = livekit_server.creds
         environment = {
-            **os.environ,
             "LIVEKIT_URL": creds.ws_url,
             "LIVEKIT_API_KEY": creds.api_key,
             "LIVEKIT_API_SECRET": creds.api_secret,
-            "PYTHONUNBUFFERED": "1",
             **{f"VOICECORE_{k.upper()}": v for k, v in env.items()},
         }
-        log = tmp_path / f"serve{len(started)}.log"
-        with log.open("wb") as out:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "voicecore", "serve", "--dev", *args,
-                stdout=out, stderr=subprocess.STDOUT, env=environment, cwd=ROOT,
-            )  # fmt: skip
-        started.append(Serve(proc, log))
-        return started[-1]
+        serve = serve_processes(["--dev", *args], environment, tmp_path / f"serve{next(logs)}.log")
+        await serve.start()
+        return serve
 
-    yield start
-    for serve in started:
-        if serve.proc.returncode is None:
-            serve.proc.kill()
-            await serve.proc.wait()
-
-
-@pytest.fixture
-async def callers() -> AsyncIterator[Callable[[str], Caller]]:
-    made: list[Caller] = []
-
-    def make(identity: str) -> Caller:
-        made.append(Caller(identity))
-        return made[-1]
-
-    yield make
-    await asyncio.gather(*(c.leave() for c in made), return_exceptions=True)
+    return start
 
 
 def _agent_present(caller: Caller) -> bool:
@@ -135,17 +91,17 @@ async def test_sigterm_finishes_the_reply_being_spoken_takes_no_new_room_and_exi
 ):
     serve = await start_serve("--no-http", livekit_agent_name="vc-drain")
     await serve.wait_for("registered as")
-    await _dispatch(livekit_server, "vc-drain", "drain-a")
+    await dispatch(livekit_server, "vc-drain", "drain-a")
     caller = callers("alice")
     await asyncio.wait_for(caller.join(livekit_server.creds, "drain-a"), 15)
-    await poll(partial(_listening, caller), 20)
+    await poll(partial(listening, caller), 20)
     await asyncio.sleep(0.5)
 
     _, speech_end = await caller.speak(say("What is the capital of France?"))
     await poll(lambda: caller.loud_times(since=speech_end), 30)  # the answer has begun
     signalled = time.monotonic()
     serve.proc.send_signal(signal.SIGTERM)
-    await _dispatch(livekit_server, "vc-drain", "drain-after")  # a room offered during the drain
+    await dispatch(livekit_server, "vc-drain", "drain-after")  # a room offered during the drain
     code = await asyncio.wait_for(serve.proc.wait(), 10 + EXIT_SLACK)  # drain_timeout: default 10 s
     exited = time.monotonic()
     output = serve.output()
@@ -164,7 +120,7 @@ async def test_sigterm_finishes_the_reply_being_spoken_takes_no_new_room_and_exi
     assert "left room drain-a" in output
     await poll(lambda: not _agent_present(caller), 5)
     assert serve.joined() == ["drain-a"], output[-3000:]
-    assert await _agents_in(livekit_server, "drain-after") == []
+    assert await agents_in(livekit_server, "drain-after") == []
     _clean(output)
     print(f"\nexit {exited - signalled:.1f} s after SIGTERM")
 
@@ -178,7 +134,7 @@ async def test_a_turn_still_going_at_the_deadline_does_not_hold_up_the_exit(
     caller = callers("bob")
     await serve.wait_for("joined room drain-fixed")
     await asyncio.wait_for(caller.join(livekit_server.creds, "drain-fixed"), 15)
-    await poll(partial(_listening, caller), 20)
+    await poll(partial(listening, caller), 20)
     await asyncio.sleep(0.5)
     # One long sentence held open by "and": no endpoint, the turn goes on for ~15 s.
     monologue = say(
@@ -187,7 +143,9 @@ async def test_a_turn_still_going_at_the_deadline_does_not_hold_up_the_exit(
     )
     caller.say(join(monologue, monologue))
     await asyncio.sleep(3.0)  # well into the monologue
-    code, took = await serve.stop(within=drain + EXIT_SLACK)
+    signalled = time.monotonic()
+    code = await serve.stop(signal.SIGTERM, within=drain + EXIT_SLACK)
+    took = time.monotonic() - signalled
     output = serve.output()
     assert code == 0, output[-3000:]
     assert took < drain + EXIT_SLACK
@@ -209,7 +167,7 @@ async def test_a_burst_of_rooms_above_capacity_is_refused_and_the_accepted_ones_
     )
     await serve.wait_for("up to 2 conversations")
     rooms = [f"burst-{i}" for i in range(10)]
-    await asyncio.gather(*(_dispatch(livekit_server, "vc-burst", room) for room in rooms))
+    await asyncio.gather(*(dispatch(livekit_server, "vc-burst", room) for room in rooms))
     await poll(lambda: len(serve.joined()) >= 2, 30)
     await asyncio.sleep(3.0)  # time for a third room to be (wrongly) taken
     accepted = serve.joined()
@@ -217,7 +175,7 @@ async def test_a_burst_of_rooms_above_capacity_is_refused_and_the_accepted_ones_
     # The other eight were refused: asked while full ("refusing room" in the log) or, once the
     # server had the WS_FULL status, never offered. Either way no agent went there.
     for room in set(rooms) - set(accepted):
-        assert await _agents_in(livekit_server, room) == [], room
+        assert await agents_in(livekit_server, room) == [], room
     assert serve.proc.returncode is None
     async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/healthz") as response:
         assert response.status == 200
@@ -228,16 +186,16 @@ async def test_a_burst_of_rooms_above_capacity_is_refused_and_the_accepted_ones_
     async def ask(room: str) -> str:
         caller = callers(f"person-{room}")
         await asyncio.wait_for(caller.join(livekit_server.creds, room), 15)
-        await poll(partial(_listening, caller), 20)
+        await poll(partial(listening, caller), 20)
         await asyncio.sleep(0.5)
         await caller.speak(say(questions[room][0]))
-        await _reply_done(caller, finals=1, within=60)
+        await reply_done(caller, finals=1, within=60)
         return caller.agent_finals()[-1].text
 
     for room in accepted:  # one after the other: two at once is the benchmark's business
         answer = await ask(room)
         assert questions[room][1] in words(answer), (room, answer, serve.output()[-3000:])
-    code, _ = await serve.stop()
+    code = await serve.stop(signal.SIGTERM)
     assert code == 0, serve.output()[-3000:]
     _clean(serve.output())
 
@@ -251,10 +209,10 @@ async def test_a_burst_of_people_into_one_room_is_answered_with_a_warning(
     await asyncio.gather(*(asyncio.wait_for(c.join(livekit_server.creds, "crowd"), 30) for c in crowd))
     await serve.wait_for("over the capacity of 2", 30)
     last = crowd[-1]  # the eighth person: six beyond capacity, answered all the same
-    await poll(partial(_listening, last), 20)
+    await poll(partial(listening, last), 20)
     await asyncio.sleep(0.5)
     await last.speak(say("What is the capital of France?"))
-    await _reply_done(last, finals=1, within=60)
+    await reply_done(last, finals=1, within=60)
     # Answered, not apologised to (what it answers is Whisper tiny's and SmolLM2's business:
     # "France" is sometimes heard as "friends").
     mine = [t.text for t in last.transcripts if t.sender == last.identity and t.final]
@@ -262,7 +220,7 @@ async def test_a_burst_of_people_into_one_room_is_answered_with_a_warning(
     reply = last.agent_finals()[-1].text
     assert words(reply) and "sorry" not in words(reply), reply
     assert serve.proc.returncode is None
-    code, _ = await serve.stop()
+    code = await serve.stop(signal.SIGTERM)
     assert code == 0, serve.output()[-3000:]
     _clean(serve.output())
 
@@ -303,6 +261,8 @@ async def test_load_counts_conversations_and_a_full_or_draining_worker_says_no(c
         assert lines[-1] == "refusing room two (full: 3 of 3 conversations)"
         worker.conversations.on_conversation_ended("elsewhere", "b")
         assert (worker.load, worker.full) == (2, False)
+        worker.conversations.on_conversation_ended("elsewhere", "a")  # everyone left: leaving
+        assert (worker.load, worker.full) == (1, False)
         await worker.drain(0.1)  # from the first signal on, nothing more
         await worker._on_availability(offer("j3", "three"))
         assert lines[-1] == "refusing room three (shutting down)"

@@ -99,6 +99,7 @@ class ConversationCount(Observer):
         self.capacity = capacity
         self.notify = notify
         self.per_room: Counter[str] = Counter()
+        self.served: set[str] = set()  # rooms that have had a conversation (until their job ends)
 
     @property
     def total(self) -> int:
@@ -106,6 +107,7 @@ class ConversationCount(Observer):
 
     def on_conversation_started(self, room: str, identity: str) -> None:
         self.per_room[room] += 1
+        self.served.add(room)
         if self.total > self.capacity:
             self.notify(
                 f"room {room}: {identity} joined: {self.total} conversations, over the capacity of "
@@ -274,10 +276,14 @@ class DispatchWorker:
 
     @property
     def load(self) -> int:
-        """Conversations going on or expected: a room's people, at least one per room (someone
-        is about to join a room just dispatched), one per promised room."""
-        per_room = self.conversations.per_room
-        return sum(max(1, per_room[job.room]) for job in self.jobs.values()) + len(self._pending)
+        """Conversations going on or expected: a room's people; at least one in a room no one has
+        spoken in yet (someone is about to join a room just dispatched); one per promised room. A
+        room everyone has left counts nothing: the agent is on its way out."""
+        per_room, served = self.conversations.per_room, self.conversations.served
+        return sum(
+            per_room[job.room] if job.room in served else max(1, per_room[job.room])
+            for job in self.jobs.values()
+        ) + len(self._pending)
 
     @property
     def full(self) -> bool:
@@ -356,6 +362,7 @@ class DispatchWorker:
                 await agent.aclose()
                 self.notify(f"left room {job.room}")
             self.jobs.pop(job.id, None)
+            self.conversations.served.discard(job.room)
             await self._send_job_status(job, status, error)
             await self._send_status()
 
