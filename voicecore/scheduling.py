@@ -45,6 +45,12 @@ class PriorityWorker:
             self._ready.notify()
         return await future
 
+    def waiting(self, priority: int) -> bool:
+        """Is a job of `priority` or more urgent queued (and still wanted)? For long jobs that
+        can step aside."""
+        with self._ready:
+            return any(p <= priority and not f.cancelled() for p, _, _, f in self._heap)
+
     def close(self) -> None:
         with self._ready:
             self._closed = True

@@ -61,6 +61,7 @@ from voicecore.rtc.token import Credentials, worker_token
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
+SERVER_TARGET_LOAD = 0.7  # livekit-server's agents.target_load default: no job at or above it
 STATUS_INTERVAL = 2.5  # seconds between load reports (what livekit-agents sends)
 PING_INTERVAL = 10.0
 HEARTBEAT = 15.0  # websocket ping; a server that stops answering is dropped after this
@@ -286,14 +287,22 @@ class DispatchWorker:
         ) + len(self._pending)
 
     @property
+    def reported_load(self) -> float:
+        """The load LiveKit sees: the share of capacity in use, scaled to the server's target
+        load. LiveKit sends a job only to a worker below that target (`agents.target_load`, 0.7 by
+        default), so the plain share would make a worker with a free place look busy: 3 of 4 is
+        0.75. At capacity the status is WS_FULL anyway."""
+        if self.full:
+            return 1.0
+        return SERVER_TARGET_LOAD * self.load / self.capacity
+
+    @property
     def full(self) -> bool:
         return self._stopping or self.load >= self.capacity or self.rooms >= self.max_jobs
 
     async def _send_status(self) -> None:
         status = proto.WorkerStatus.WS_FULL if self.full else proto.WorkerStatus.WS_AVAILABLE
-        update = proto.UpdateWorkerStatus(
-            status=status, load=min(1.0, self.load / self.capacity), job_count=len(self.jobs)
-        )
+        update = proto.UpdateWorkerStatus(status=status, load=self.reported_load, job_count=len(self.jobs))
         await self._send(proto.WorkerMessage(update_worker=update))
 
     # -- jobs -------------------------------------------------------------------------------------
