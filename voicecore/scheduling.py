@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 CRITICAL = 0  # final transcripts, replies' first audio
-FOLLOW_UP = 1  # the rest of a reply: it plays for seconds, a new reply's first chunk goes first
+FOLLOW_UP = 1  # the rest of a reply's speech: it plays for seconds, a new reply's first chunk goes first
 BACKGROUND = 2  # interim transcripts
 
 
@@ -44,12 +44,6 @@ class PriorityWorker:
             heapq.heappush(self._heap, (priority, next(self._order), fn, future))
             self._ready.notify()
         return await future
-
-    def waiting(self, priority: int) -> bool:
-        """Is a job of `priority` or more urgent queued (and still wanted)? For long jobs that
-        can step aside."""
-        with self._ready:
-            return any(p <= priority and not f.cancelled() for p, _, _, f in self._heap)
 
     def close(self) -> None:
         with self._ready:

@@ -2,12 +2,13 @@
 
 llama.cpp runs one generation at a time, on one worker thread shared by every session. A reply
 runs to its end unless a new turn (of any session) is waiting for its first clause: then, once the
-reply has at least PREEMPT_AFTER tokens, it steps aside and continues afterwards as a FOLLOW_UP
-job, from its prompt plus the text so far. Stepping aside costs a re-read of that prompt (llama-
-cpp-python re-evaluates only what differs from the KV cache, and the other reply has replaced it),
-so it happens only for a waiting first clause, never to take turns between replies: on a
-saturated CPU, taking turns every few tokens re-read prompts all the time and made every reply
-slower (measured: p90 at 4 conversations 2.7 -> 5.3 s).
+reply has at least PREEMPT_AFTER tokens, it steps aside and queues its continuation right behind
+that first clause (same priority, so later arrivals queue behind it: it cannot starve). The
+continuation starts from the prompt plus the text so far; llama-cpp-python re-evaluates only
+what differs from its KV cache, which the other reply has replaced, so stepping aside costs a
+re-read of the prompt. It happens only for a first clause, never to take turns between replies:
+on a saturated CPU, taking turns every 16 tokens re-read prompts all the time and made every
+reply slower (measured: p90 at 4 conversations 2.7 -> 5.3 s).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from voicecore.config import LlmConfig
 from voicecore.errors import ConfigError
 from voicecore.llm.base import Message
 from voicecore.models import bundled_gguf
-from voicecore.scheduling import CRITICAL, FOLLOW_UP, PriorityWorker
+from voicecore.scheduling import CRITICAL, PriorityWorker
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class LlamaCppEngine:
         self.config = config
         self.context_tokens = config.context_tokens
         self._worker = PriorityWorker("llm")
+        # First clauses queued and not started: a running reply steps aside for them.
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
 
     def count_tokens(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
@@ -78,14 +82,14 @@ class LlamaCppEngine:
             prompt.prompt.encode("utf-8"), add_bos=not prompt.added_special, special=True
         )
         text = ""
-        priority = CRITICAL
+        first_clause = True
         while True:
             tokens = prompt_tokens + self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
             budget = self.config.max_tokens - (len(tokens) - len(prompt_tokens))
             if budget <= 0:
                 return
             stepped_aside = False
-            async with contextlib.aclosing(self._run(tokens, budget, prompt.stop, priority)) as items:
+            async with contextlib.aclosing(self._run(tokens, budget, prompt.stop, first_clause)) as items:
                 async for kind, value in items:  # closed with this stream: the generation stops
                     if kind == "text":
                         text += value
@@ -94,10 +98,10 @@ class LlamaCppEngine:
                         stepped_aside = True
             if not stepped_aside:
                 return
-            priority = FOLLOW_UP
+            first_clause = False
 
     async def _run(
-        self, tokens: list[int], budget: int, stop: Any, priority: int
+        self, tokens: list[int], budget: int, stop: Any, first_clause: bool
     ) -> AsyncGenerator[tuple[str, str], None]:
         """Generate from `tokens`: ("text", piece)..., and ("stepped aside", "") if it stopped early
         for a waiting first clause."""
@@ -112,7 +116,14 @@ class LlamaCppEngine:
             except RuntimeError:
                 stop_now.set()  # the loop is gone
 
+        claim = threading.Lock()  # whoever takes it ends this first clause's wait, once
+
+        def no_longer_waiting() -> None:
+            if first_clause and claim.acquire(blocking=False):
+                self._count_waiting(-1)
+
         def generate() -> None:
+            no_longer_waiting()
             try:
                 chunks = self._llama.create_completion(
                     prompt=tokens,
@@ -129,7 +140,7 @@ class LlamaCppEngine:
                     piece = chunk["choices"][0]["text"]  # type: ignore[index]
                     if piece:
                         hand_over(("text", piece))
-                    if n >= PREEMPT_AFTER and self._worker.waiting(CRITICAL):
+                    if n >= PREEMPT_AFTER and self._first_clauses_waiting():
                         hand_over(("stepped aside", ""))
                         break
             except Exception as e:  # handed to the consumer, raised there
@@ -137,7 +148,9 @@ class LlamaCppEngine:
             finally:
                 hand_over(_DONE)
 
-        job = asyncio.ensure_future(self._worker.run(generate, priority))
+        if first_clause:
+            self._count_waiting(+1)
+        job = asyncio.ensure_future(self._worker.run(generate, CRITICAL))
         try:
             while (item := await items.get()) is not _DONE:
                 if isinstance(item, Exception):
@@ -147,6 +160,14 @@ class LlamaCppEngine:
             stop_now.set()  # the worker stops after the token in progress
             if not job.done():
                 job.cancel()  # if it has not started yet, it never will
+            no_longer_waiting()  # done, or cancelled before it started
+
+    def _count_waiting(self, delta: int) -> None:
+        with self._waiting_lock:
+            self._waiting += delta
+
+    def _first_clauses_waiting(self) -> bool:
+        return self._waiting > 0
 
     def _chat_template(self) -> Any:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter

@@ -99,6 +99,7 @@ class ConversationCount(Observer):
     def __init__(self, capacity: int, notify: Callable[[str], None] = log.warning) -> None:
         self.capacity = capacity
         self.notify = notify
+        self.on_change: Callable[[], None] = lambda: None  # the count changed (report the load)
         self.per_room: Counter[str] = Counter()
         self.served: set[str] = set()  # rooms that have had a conversation (until their job ends)
 
@@ -109,6 +110,7 @@ class ConversationCount(Observer):
     def on_conversation_started(self, room: str, identity: str) -> None:
         self.per_room[room] += 1
         self.served.add(room)
+        self.on_change()
         if self.total > self.capacity:
             self.notify(
                 f"room {room}: {identity} joined: {self.total} conversations, over the capacity of "
@@ -119,6 +121,7 @@ class ConversationCount(Observer):
         self.per_room[room] -= 1
         if self.per_room[room] <= 0:
             del self.per_room[room]
+        self.on_change()  # a place is free: the server should know before its next dispatch
 
 
 @dataclass
@@ -149,6 +152,7 @@ class DispatchWorker:
         self.max_jobs = max(1, config.livekit.max_jobs)
         self.capacity = default_capacity(config)
         self.conversations = ConversationCount(self.capacity, notify)
+        self.conversations.on_change = self._report_load
         self.observer = Observers([observer or Observer(), self.conversations])
         self.worker_id = ""
         self.registered = asyncio.Event()
@@ -159,7 +163,7 @@ class DispatchWorker:
         self._send_lock = asyncio.Lock()
         self._stopping = False
         self._stopped = asyncio.Event()
-        self._refusals: set[asyncio.Task[None]] = set()  # job refusals being sent
+        self._sends: set[asyncio.Task[None]] = set()  # job refusals and load reports being sent
 
     @property
     def url(self) -> str:
@@ -300,6 +304,10 @@ class DispatchWorker:
     def full(self) -> bool:
         return self._stopping or self.load >= self.capacity or self.rooms >= self.max_jobs
 
+    def _report_load(self) -> None:
+        self._sends.add(task := asyncio.create_task(self._send_status()))
+        task.add_done_callback(self._sends.discard)
+
     async def _send_status(self) -> None:
         status = proto.WorkerStatus.WS_FULL if self.full else proto.WorkerStatus.WS_AVAILABLE
         update = proto.UpdateWorkerStatus(status=status, load=self.reported_load, job_count=len(self.jobs))
@@ -339,8 +347,8 @@ class DispatchWorker:
         if self._stopping:  # accepted just before the drain began: too late to serve it now
             self.notify(f"not joining room {job.room}: shutting down")
             refused = self._send_job_status(job, proto.JobStatus.JS_FAILED, "the worker is shutting down")
-            self._refusals.add(task := asyncio.create_task(refused))
-            task.add_done_callback(self._refusals.discard)
+            self._sends.add(task := asyncio.create_task(refused))
+            task.add_done_callback(self._sends.discard)
             return
         self.jobs[job.id] = job
         url = assignment.url or self.creds.ws_url  # empty: the server we registered with
@@ -405,7 +413,7 @@ class DispatchWorker:
         for timer in self._pending.values():
             timer.cancel()
         self._pending.clear()
-        await asyncio.gather(*self._refusals, return_exceptions=True)
+        await asyncio.gather(*self._sends, return_exceptions=True)
         if self._ws is not None:
             await self._ws.close()
 
