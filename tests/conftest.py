@@ -1,14 +1,17 @@
-"""Shared fixtures: the real bundled models, loaded once, and speech made with Piper."""
+"""Shared fixtures: the real bundled models, loaded once, speech made with Piper, a real LiveKit
+server, the people who join it and `voicecore serve` processes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import join, transcribe, words  # noqa: F401  (re-exported for tests)
-from livekit_fixtures import LiveKitServer, livekit_binary
+from livekit_fixtures import Caller, LiveKitServer, livekit_binary
+from serve_process import ServeProcess, ServeProcesses
 
 from voicecore import AudioFrame, Config, Models, load_config, load_models
 from voicecore.audio.resample import resample
@@ -58,7 +61,7 @@ def artifacts() -> Path:
 
 @pytest.fixture(scope="session")
 def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
-    """One real livekit-server for the whole session (test_livekit.py, test_web.py)."""
+    """One real livekit-server (`--dev`) for the whole session, shared by the tests that need one."""
     binary = livekit_binary()
     if binary is None:
         pytest.skip("livekit-server not found (bin/setup builds it)")
@@ -66,3 +69,31 @@ def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKit
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def callers() -> AsyncIterator[Callable[[str], Caller]]:
+    """callers(identity) -> a new Caller (not joined yet); all of them leave at the end, even
+    those that left already or lost their connection (each within 10 s, errors ignored)."""
+    made: list[Caller] = []
+
+    def make(identity: str) -> Caller:
+        made.append(Caller(identity))
+        return made[-1]
+
+    yield make
+    await asyncio.gather(*(asyncio.wait_for(c.leave(), 10) for c in made), return_exceptions=True)
+
+
+@pytest.fixture
+async def serve_processes() -> AsyncIterator[ServeProcesses]:
+    """serve_processes(args, env, log) -> a ServeProcess to start; killed at the end if running."""
+    made: list[ServeProcess] = []
+
+    def make(args: Sequence[str], env: dict[str, str], log: Path) -> ServeProcess:
+        made.append(ServeProcess(args, env, log))
+        return made[-1]
+
+    yield make
+    for process in made:
+        await process.kill()

@@ -14,13 +14,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from livekit_fixtures import ROOT, LiveKitServer
-from test_livekit import Caller, _listening, _reply_done, poll
+from livekit_fixtures import ROOT, Caller, LiveKitServer, listening, poll, reply_done
+from serve_process import ServeProcesses
 
 from voicecore.metrics import STAGES
 
@@ -30,61 +29,6 @@ pytestmark = [
 ]
 
 QUESTIONS = ["What is the capital of France?", "What color is the sky?", "How many days are in a week?"]
-
-
-class ServeProcess:
-    """`voicecore serve ARGS` as a user runs it, its stdout and stderr in one log file."""
-
-    def __init__(self, args: Sequence[str], env: dict[str, str], log: Path) -> None:
-        self.args = list(args)
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-        self.log = log
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "voicecore", "serve", *self.args,
-                stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
-            )  # fmt: skip
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    async def wait_for(self, text: str, within: float = 120.0) -> None:
-        """Until `text` is in the output; fails at once (with the output) if the process exits."""
-        assert self.proc is not None
-        deadline = time.monotonic() + within
-        while text not in self.output():
-            if self.proc.returncode is not None or time.monotonic() > deadline:
-                raise AssertionError(f"no {text!r} in the output of serve:\n{self.output()[-4000:]}")
-            await asyncio.sleep(0.2)
-
-    async def stop(self, sig: int = signal.SIGINT, within: float = 30.0) -> int:
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-        try:
-            return await asyncio.wait_for(self.proc.wait(), within)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-            raise AssertionError(f"serve did not exit after {sig}:\n{self.output()[-4000:]}") from None
-
-
-@pytest.fixture(name="serve_processes")
-async def _serve_processes() -> AsyncIterator[Callable[..., ServeProcess]]:
-    made: list[ServeProcess] = []
-
-    def make(args: Sequence[str], env: dict[str, str], log: Path) -> ServeProcess:
-        made.append(ServeProcess(args, env, log))
-        return made[-1]
-
-    yield make
-    for process in made:
-        if process.proc is not None and process.proc.returncode is None:
-            process.proc.kill()
-            await process.proc.wait()
 
 
 def history(path: Path) -> tuple[list[dict], str]:
@@ -108,7 +52,7 @@ def every_line_parses(path: Path) -> int:
 async def converse(caller: Caller, say, questions: Sequence[str], answered_before: int) -> None:
     for i, question in enumerate(questions, start=answered_before + 1):
         await caller.speak(say(question))
-        await _reply_done(caller, finals=i, within=60)
+        await reply_done(caller, finals=i, within=60)
 
 
 def check_turn(turn: dict, room: str, participant: str, question: str, heard: str) -> None:
@@ -122,7 +66,7 @@ def check_turn(turn: dict, room: str, participant: str, question: str, heard: st
 
 
 async def test_kill_9_mid_reply_loses_no_completed_turn(
-    livekit_server: LiveKitServer, serve_processes, say, tmp_path: Path
+    livekit_server: LiveKitServer, serve_processes: ServeProcesses, say, tmp_path: Path
 ):
     room = "durability"
     turn_log = tmp_path / "private" / "turns.jsonl"  # the directory does not exist yet: serve makes it
@@ -142,7 +86,7 @@ async def test_kill_9_mid_reply_loses_no_completed_turn(
     caller = Caller("ada")
     try:
         await asyncio.wait_for(caller.join(creds, room), 15)
-        await poll(lambda: _listening(caller), 30)
+        await poll(lambda: listening(caller), 30)
         await converse(caller, say, QUESTIONS, answered_before=0)
         heard = [t.text for t in caller.agent_finals()]
         # a fourth question; the agent is killed while it speaks the answer
@@ -169,12 +113,12 @@ async def test_kill_9_mid_reply_loses_no_completed_turn(
     caller = Caller("bob")
     try:
         await asyncio.wait_for(caller.join(creds, room), 15)
-        await poll(lambda: _listening(caller), 30)
+        await poll(lambda: listening(caller), 30)
         await converse(caller, say, QUESTIONS[:1], answered_before=0)
         heard_after = caller.agent_finals()[0].text
     finally:
         await caller.leave()
-    assert await agent.stop() == 0, agent.output()[-3000:]
+    assert await agent.stop(signal.SIGINT) == 0, agent.output()[-3000:]
 
     after, complaints = history(turn_log)
     assert not complaints and every_line_parses(turn_log) == len(after) == len(QUESTIONS) + 1

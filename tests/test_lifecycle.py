@@ -263,6 +263,9 @@ async def test_load_counts_conversations_and_a_full_or_draining_worker_says_no(c
         assert (worker.load, worker.full) == (2, False)
         worker.conversations.on_conversation_ended("elsewhere", "a")  # everyone left: leaving
         assert (worker.load, worker.full) == (1, False)
+        # LiveKit sends no job to a worker at its target load (0.7): 2 of 3 must stay below it
+        worker.conversations.on_conversation_started("elsewhere", "c")
+        assert worker.load == 2 and worker.reported_load < 0.7
         await worker.drain(0.1)  # from the first signal on, nothing more
         await worker._on_availability(offer("j3", "three"))
         assert lines[-1] == "refusing room three (shutting down)"

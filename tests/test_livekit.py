@@ -1,8 +1,10 @@
 """voicecore on a real LiveKit server, with the real models, heard by a real client participant.
 
-A `Caller` is a person: it joins with the livekit SDK, speaks through its own rtc.AudioSource in
-real time (silence between utterances, like a live microphone), and records what it receives:
-the agent's audio, `lk.transcription` text streams and `lk.agent.state`.
+The people are `Caller`s (livekit_fixtures.py): they join with the livekit SDK, speak in real time
+and record the agent's audio, transcripts and state. Checked here: a question answered with its
+transcripts and states, an interruption over the network, the greeting, two people in one room,
+dispatch to two rooms at once, a worker registering again after a server restart, and two worker
+processes sharing six rooms.
 """
 
 from __future__ import annotations
@@ -15,25 +17,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pytest
 from helpers import transcribe, words
-from livekit import api, rtc
-from livekit_fixtures import ROOT, LiveKitServer
+from livekit_fixtures import ROOT, Caller, LiveKitServer, agents_in, dispatch, listening, poll, reply_done
 
-from voicecore import AudioFrame, Config, ConfigError, Models, load_config
-from voicecore.rtc import AgentRoom, Credentials, DispatchWorker, agent_token, credentials, user_token
-from voicecore.rtc.transcription import ATTR_FINAL, ATTR_SEGMENT, ATTR_TRACK, TOPIC
-
-RATE = 16_000
-FRAME = RATE // 50  # 20 ms
-LOUD = 300  # int16 peak above which a received frame counts as agent speech (Opus noise is ~0)
+from voicecore import Config, ConfigError, Models, load_config
+from voicecore.rtc import AgentRoom, DispatchWorker, agent_token, credentials
+from voicecore.rtc.transcription import ATTR_SEGMENT, ATTR_TRACK
 
 pytestmark = [
     pytest.mark.slow,
@@ -53,181 +47,8 @@ async def warm(models: Models, config: Config) -> Models:
     return models
 
 
-# -- a person in a room ----------------------------------------------------------------------------
-@dataclass
-class Transcript:
-    sender: str
-    attributes: dict[str, str]
-    text: str
-    at: float
-
-    @property
-    def final(self) -> bool:
-        return self.attributes.get(ATTR_FINAL) == "true"
-
-
-@dataclass
-class Caller:
-    identity: str
-    room: rtc.Room = field(default_factory=rtc.Room)
-    received: list[tuple[float, np.ndarray]] = field(default_factory=list)  # (arrival, 16 kHz)
-    transcripts: list[Transcript] = field(default_factory=list)
-    states: list[tuple[float, str]] = field(default_factory=list)
-    mic_sid: str = ""
-    source: rtc.AudioSource | None = None
-    _speech: deque[np.ndarray] = field(default_factory=deque)
-    _sent: list[float] = field(default_factory=list)  # when each utterance's first sample went out
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    async def join(self, creds: Credentials, room: str) -> None:
-        self.room.on("track_subscribed", self._on_track)
-        self.room.on("participant_attributes_changed", self._on_attributes)
-        self.room.register_text_stream_handler(TOPIC, self._on_text)
-        await self.room.connect(creds.ws_url, user_token(creds, room, self.identity))
-        for participant in self.room.remote_participants.values():
-            if state := participant.attributes.get("lk.agent.state"):
-                self.states.append((time.monotonic(), state))
-        self.source = rtc.AudioSource(RATE, 1, queue_size_ms=40)  # a browser mic buffers ~10 ms
-        track = rtc.LocalAudioTrack.create_audio_track("mic", self.source)
-        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        self.mic_sid = (await self.room.local_participant.publish_track(track, options)).sid
-        self._tasks.append(asyncio.create_task(self._microphone()))
-
-    async def leave(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.room.disconnect()
-
-    # speaking: a live microphone sends 20 ms frames in real time, silence between utterances
-    def say(self, audio: AudioFrame) -> None:
-        assert audio.sample_rate == RATE
-        samples = audio.samples
-        samples = np.concatenate([samples, np.zeros(-len(samples) % FRAME, np.int16)])
-        self._speech.append(samples)
-
-    async def _microphone(self) -> None:
-        assert self.source is not None
-        next_frame = time.monotonic()
-        current: np.ndarray | None = None
-        offset = 0
-        while True:
-            if current is None and self._speech:
-                current, offset = self._speech.popleft(), 0
-                # it leaves the microphone after what is already queued there
-                self._sent.append(time.monotonic() + self.source.queued_duration)
-            if current is not None:
-                frame = current[offset : offset + FRAME]
-                offset += FRAME
-                if offset >= len(current):
-                    current = None
-            else:
-                frame = np.zeros(FRAME, np.int16)
-            await self.source.capture_frame(rtc.AudioFrame(frame.tobytes(), RATE, 1, FRAME))
-            # real time; after a stall, go on from now rather than bursting to catch up
-            next_frame = max(next_frame + 0.02, time.monotonic() - 0.02)
-            await asyncio.sleep(max(0.0, next_frame - time.monotonic()))
-
-    async def speak(self, audio: AudioFrame) -> tuple[float, float]:
-        """Say `audio`, wait until it is out; returns when the speech in it began and ended, on
-        the client's clock (Piper's leading and trailing silence excluded)."""
-        n = len(self._sent)
-        self.say(audio)
-        await poll(lambda: len(self._sent) > n, 5)
-        loud = np.flatnonzero(np.abs(audio.samples) > LOUD)
-        start, end = self._sent[n] + loud[0] / RATE, self._sent[n] + loud[-1] / RATE
-        await asyncio.sleep(max(0.0, self._sent[n] + audio.duration - time.monotonic()))
-        return start, end
-
-    # hearing
-    def _on_track(
-        self, track: rtc.Track, pub: rtc.RemoteTrackPublication, who: rtc.RemoteParticipant
-    ) -> None:
-        # Only the agent's voice: another person's microphone in the room is not what is "heard"
-        # from the agent (and mixed in, it would confuse the Whisper check).
-        if track.kind == rtc.TrackKind.KIND_AUDIO and who.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
-            self._tasks.append(asyncio.create_task(self._listen(track)))
-
-    async def _listen(self, track: rtc.Track) -> None:
-        stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1)
-        try:
-            async for event in stream:
-                samples = np.frombuffer(event.frame.data, np.int16).copy()
-                self.received.append((time.monotonic(), samples))
-        finally:
-            await stream.aclose()
-
-    def _on_attributes(self, changed: dict[str, str], participant: rtc.Participant) -> None:
-        if "lk.agent.state" in changed:
-            self.states.append((time.monotonic(), changed["lk.agent.state"]))
-
-    def _on_text(self, reader: rtc.TextStreamReader, sender: str) -> None:
-        async def read() -> None:
-            text = await reader.read_all()
-            attributes = dict(reader.info.attributes or {})
-            self.transcripts.append(Transcript(sender, attributes, text, time.monotonic()))
-
-        self._tasks.append(asyncio.create_task(read()))
-
-    # what was heard
-    def heard(self, since: float = 0.0, until: float = float("inf")) -> AudioFrame:
-        parts = [s for t, s in self.received if since <= t <= until]
-        return AudioFrame(np.concatenate(parts) if parts else np.zeros(0, np.int16), RATE)
-
-    def loud_times(self, since: float = 0.0) -> list[float]:
-        return [t for t, s in self.received if t >= since and len(s) and np.abs(s).max() > LOUD]
-
-    def agent_finals(self) -> list[Transcript]:
-        agents = {p.identity for p in self.room.remote_participants.values()
-                  if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT}  # fmt: skip
-        return [t for t in self.transcripts if t.sender in agents and t.final]
-
-    def state_path(self) -> list[str]:
-        path: list[str] = []
-        for _, state in self.states:
-            if not path or path[-1] != state:
-                path.append(state)
-        return path
-
-
-async def poll(condition: Callable[[], object], within: float, step: float = 0.05) -> None:
-    """Wait until `condition()` is true; TimeoutError after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(step)
-
-
-@pytest.fixture
-async def caller_factory() -> AsyncIterator[Callable[[str], Caller]]:
-    callers: list[Caller] = []
-
-    def make(identity: str) -> Caller:
-        callers.append(Caller(identity))
-        return callers[-1]
-
-    yield make
-    for caller in callers:
-        await caller.leave()
-
-
 def _room_name(request: pytest.FixtureRequest) -> str:
     return re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")
-
-
-def _listening(caller: Caller) -> bool:
-    return caller.state_path()[-1:] == ["listening"]
-
-
-async def _reply_done(caller: Caller, finals: int, within: float = 40.0) -> None:
-    """Until the agent published `finals` final transcripts and is listening again."""
-    await poll(
-        lambda: (
-            len(caller.agent_finals()) >= finals and caller.states and caller.states[-1][1] == "listening"
-        ),
-        within,
-    )
 
 
 # -- tests ----------------------------------------------------------------------------------------
@@ -245,20 +66,20 @@ def test_credentials_come_from_config_then_livekit_env_and_hide_the_secret():
 
 
 async def test_question_answered_with_transcripts_and_state(
-    livekit_server: LiveKitServer, warm: Models, lk_config: Config, say, caller_factory, request
+    livekit_server: LiveKitServer, warm: Models, lk_config: Config, say, callers, request
 ):
     room = _room_name(request)
     creds = livekit_server.creds
     token = agent_token(creds, room, "voicecore-agent")
     agent = await asyncio.wait_for(AgentRoom.join(warm, lk_config, creds.ws_url, token), 15)
     try:
-        caller = caller_factory("alice")
+        caller = callers("alice")
         await asyncio.wait_for(caller.join(creds, room), 15)
-        await poll(partial(_listening, caller), 10)
+        await poll(partial(listening, caller), 10)
         await asyncio.sleep(0.5)
         question = say("What is the capital of France?")
         _, speech_end = await caller.speak(question)
-        await _reply_done(caller, finals=1)
+        await reply_done(caller, finals=1)
         await asyncio.sleep(0.3)
 
         reply_audio = caller.heard(since=speech_end)
@@ -290,7 +111,7 @@ async def test_question_answered_with_transcripts_and_state(
 
 
 async def test_interruption_over_the_network(
-    livekit_server: LiveKitServer, warm: Models, lk_config: Config, say, caller_factory, request
+    livekit_server: LiveKitServer, warm: Models, lk_config: Config, say, callers, request
 ):
     # The 300 ms budget, measured at the client: ~60 ms uplink (mic buffer, Opus, jitter buffer),
     # the speech the agent waits for before it yields (turn.min_interruption, 0.1 s by default),
@@ -301,9 +122,9 @@ async def test_interruption_over_the_network(
     token = agent_token(creds, room, "voicecore-agent")
     agent = await asyncio.wait_for(AgentRoom.join(warm, config, creds.ws_url, token), 15)
     try:
-        caller = caller_factory("bob")
+        caller = callers("bob")
         await asyncio.wait_for(caller.join(creds, room), 15)
-        await poll(partial(_listening, caller), 10)
+        await poll(partial(listening, caller), 10)
         await asyncio.sleep(0.5)
         question = say("Tell me a long story about a cat.")
         barge_in = say("Stop. Wait a moment, please.")  # Piper blocks: synthesise before the call
@@ -344,7 +165,7 @@ def _audio_stop(caller: Caller, after: float, silence: float = 0.6) -> float:
 
 
 async def test_greeting_when_a_person_joins(
-    livekit_server: LiveKitServer, warm: Models, lk_config: Config, caller_factory, request
+    livekit_server: LiveKitServer, warm: Models, lk_config: Config, callers, request
 ):
     config = copy.deepcopy(lk_config)
     config.livekit.greeting = "Hello, I am your voice agent."
@@ -353,9 +174,9 @@ async def test_greeting_when_a_person_joins(
     token = agent_token(creds, room, "voicecore-agent")
     agent = await asyncio.wait_for(AgentRoom.join(warm, config, creds.ws_url, token), 15)
     try:
-        caller = caller_factory("carol")
+        caller = callers("carol")
         await asyncio.wait_for(caller.join(creds, room), 15)
-        await _reply_done(caller, finals=1, within=20)
+        await reply_done(caller, finals=1, within=20)
         assert caller.agent_finals()[0].text == config.livekit.greeting
         heard = words(await transcribe(warm, caller.heard()))
         assert {"hello", "voice", "agent"} <= set(heard), heard
@@ -367,7 +188,7 @@ async def test_greeting_when_a_person_joins(
 
 
 async def test_two_people_in_one_room_each_get_their_own_answer(
-    livekit_server: LiveKitServer, warm: Models, lk_config: Config, say, caller_factory, request
+    livekit_server: LiveKitServer, warm: Models, lk_config: Config, say, callers, request
 ):
     """One Session per person: their words never meet; the replies take turns on one voice."""
     room = _room_name(request)
@@ -375,16 +196,16 @@ async def test_two_people_in_one_room_each_get_their_own_answer(
     token = agent_token(creds, room, "voicecore-agent")
     agent = await asyncio.wait_for(AgentRoom.join(warm, lk_config, creds.ws_url, token), 15)
     try:
-        ann, ben = caller_factory("ann"), caller_factory("ben")
+        ann, ben = callers("ann"), callers("ben")
         for caller in (ann, ben):
             await asyncio.wait_for(caller.join(creds, room), 15)
-        await poll(partial(_listening, ann), 10)
+        await poll(partial(listening, ann), 10)
         france, japan = say("What is the capital of France?"), say("What is the capital of Japan?")
         await asyncio.sleep(0.5)
         ann.say(france)
         await asyncio.sleep(1.0)  # Ben starts while Ann is still talking
         await ben.speak(japan)
-        await _reply_done(ann, finals=2)
+        await reply_done(ann, finals=2)
         await asyncio.sleep(0.3)
 
         assert set(agent.conversations) == {"ann", "ben"}
@@ -418,46 +239,27 @@ async def worker(
     await asyncio.wait_for(running, 10)
 
 
-async def _dispatch(server: LiveKitServer, agent_name: str, room: str) -> None:
-    lkapi = server.api()
-    try:
-        request = api.CreateAgentDispatchRequest(agent_name=agent_name, room=room)
-        await lkapi.agent_dispatch.create_dispatch(request)
-    finally:
-        await lkapi.aclose()
-
-
-async def _agents_in(server: LiveKitServer, room: str) -> list[str]:
-    lkapi = server.api()
-    try:
-        listing = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
-    finally:
-        await lkapi.aclose()
-    agent_kind = api.ParticipantInfo.Kind.AGENT
-    return [p.identity for p in listing.participants if p.kind == agent_kind]
-
-
 async def test_two_rooms_at_once_through_dispatch(
-    livekit_server: LiveKitServer, worker: DispatchWorker, warm: Models, say, caller_factory, request
+    livekit_server: LiveKitServer, worker: DispatchWorker, warm: Models, say, callers, request
 ):
     base = _room_name(request)
     questions = {f"{base}-a": ("What is the capital of France?", "paris"),
                  f"{base}-b": ("What is the capital of Japan?", "tokyo")}  # fmt: skip
-    callers: dict[str, Caller] = {}
+    people: dict[str, Caller] = {}
     for room in questions:
-        await _dispatch(livekit_server, worker.agent_name, room)
-        callers[room] = caller_factory(f"person-{room[-1]}")
-        await asyncio.wait_for(callers[room].join(livekit_server.creds, room), 15)
-    for room, caller in callers.items():
-        await poll(partial(_listening, caller), 15)
-        assert len(await _agents_in(livekit_server, room)) == 1
+        await dispatch(livekit_server, worker.agent_name, room)
+        people[room] = callers(f"person-{room[-1]}")
+        await asyncio.wait_for(people[room].join(livekit_server.creds, room), 15)
+    for room, caller in people.items():
+        await poll(partial(listening, caller), 15)
+        assert len(await agents_in(livekit_server, room)) == 1
     assert {job.room for job in worker.jobs.values()} == set(questions)
 
     async def ask(room: str) -> str:
-        caller = callers[room]
+        caller = people[room]
         question = say(questions[room][0])
         _, speech_end = await caller.speak(question)
-        await _reply_done(caller, finals=1)
+        await reply_done(caller, finals=1)
         await asyncio.sleep(0.3)
         return await transcribe(warm, caller.heard(since=speech_end))
 
@@ -466,12 +268,12 @@ async def test_two_rooms_at_once_through_dispatch(
         assert expected in words(answer), (room, answer)
 
     # the job ends when everyone has left
-    await callers[f"{base}-a"].leave()
+    await people[f"{base}-a"].leave()
     await poll(lambda: len(worker.jobs) == 1, 10)
 
 
 async def test_worker_registers_again_after_a_server_restart(
-    livekit_server: LiveKitServer, worker: DispatchWorker, caller_factory, request
+    livekit_server: LiveKitServer, worker: DispatchWorker, callers, request
 ):
     assert worker.registrations == 1
     await asyncio.to_thread(livekit_server.stop)
@@ -482,11 +284,11 @@ async def test_worker_registers_again_after_a_server_restart(
     assert worker.registrations == 2
 
     room = _room_name(request)
-    await _dispatch(livekit_server, worker.agent_name, room)
-    caller = caller_factory("dave")
+    await dispatch(livekit_server, worker.agent_name, room)
+    caller = callers("dave")
     await asyncio.wait_for(caller.join(livekit_server.creds, room), 15)
-    await poll(partial(_listening, caller), 15)
-    assert len(await _agents_in(livekit_server, room)) == 1
+    await poll(partial(listening, caller), 15)
+    assert len(await agents_in(livekit_server, room)) == 1
 
 
 async def test_two_worker_processes_share_six_rooms(livekit_server: LiveKitServer, tmp_path: Path):
@@ -533,9 +335,9 @@ async def test_two_worker_processes_share_six_rooms(livekit_server: LiveKitServe
         except TimeoutError:
             raise AssertionError([output(i)[-3000:] for i in range(2)]) from None
         for room in rooms:
-            await _dispatch(livekit_server, agent_name, room)
+            await dispatch(livekit_server, agent_name, room)
         await poll(lambda: sum(output(i).count("joined room") for i in range(2)) == 6, 30, 0.2)
-        agents = [await _agents_in(livekit_server, room) for room in rooms]
+        agents = [await agents_in(livekit_server, room) for room in rooms]
         assert all(len(a) == 1 for a in agents), agents
         joined = [set(re.findall(r"joined room (\S+)", output(i))) for i in range(2)]
         assert joined[0] and joined[1], joined

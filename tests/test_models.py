@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 from helpers import join, transcribe, words
@@ -93,35 +92,6 @@ async def test_llm_stream_can_be_abandoned_and_the_engine_reused(models, config)
     ]
     reply = await asyncio.wait_for(_collect(models.llm.stream(question)), timeout=10)
     assert "Paris" in reply
-
-
-async def test_a_new_reply_starts_before_another_conversations_long_reply_ends(models, config):
-    """One model serves every conversation: a long answer must not make the next person wait."""
-    system = Message("system", config.llm.system_prompt)
-    story = [system, Message("user", "Tell me a long story about a dragon.")]
-    question = [system, Message("user", "What is the capital of France?")]
-    times: dict[str, float] = {}
-    started = asyncio.Event()
-
-    async def story_teller() -> str:
-        reply = ""
-        async for piece in models.llm.stream(story):
-            reply += piece
-            started.set()
-        times["story_done"] = time.monotonic()
-        return reply
-
-    async def asker() -> str:
-        await started.wait()
-        stream = models.llm.stream(question)
-        first = await anext(stream)
-        times["answer_first"] = time.monotonic()
-        return first + await _collect(stream)
-
-    told, answer = await asyncio.gather(story_teller(), asker())
-    assert "Paris" in answer
-    assert models.llm.count_tokens(told) > 60  # a long reply, really generated alongside
-    assert times["answer_first"] < times["story_done"]
 
 
 async def _collect(stream) -> str:

@@ -1,9 +1,9 @@
 """The agent in a room while the room changes under it: the LiveKit server restarts, people leave
 mid-reply, rejoin as themselves, arrive together, or publish two microphones.
 
-Everything is real: livekit-server, the SDK callers of test_livekit.py, the bundled models. What a
-user cares about is checked: the agent is back and answering, no one is left unanswered, and no
-task or thread outlives the people it served.
+Everything is real: livekit-server, the SDK callers of livekit_fixtures.py, the bundled models.
+What a user cares about is checked: the agent is back and answering, no one is left unanswered,
+and no task or thread outlives the people it served.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 
@@ -24,8 +23,7 @@ import numpy as np
 import pytest
 from helpers import transcribe, words
 from livekit import api, rtc
-from livekit_fixtures import LiveKitServer, livekit_binary
-from test_livekit import FRAME, RATE, Caller, poll
+from livekit_fixtures import FRAME, RATE, Caller, LiveKitServer, livekit_binary, poll
 
 from voicecore import AudioFrame, Config, Models
 from voicecore.metrics import TurnRecord
@@ -49,20 +47,6 @@ async def warm(models: Models, config: Config) -> Models:
 @pytest.fixture
 def room_config(config: Config) -> Config:
     return copy.deepcopy(config)
-
-
-@pytest.fixture
-async def callers() -> AsyncIterator[Callable[[str], Caller]]:
-    made: list[Caller] = []
-
-    def make(identity: str) -> Caller:
-        made.append(Caller(identity))
-        return made[-1]
-
-    yield make
-    for caller in made:
-        if caller.room.isconnected():
-            await asyncio.wait_for(caller.leave(), 10)
 
 
 @pytest.fixture

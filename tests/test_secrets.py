@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,11 +25,18 @@ from pathlib import Path
 import aiohttp
 import pytest
 from livekit import rtc
-from livekit_fixtures import ROOT, LiveKitServer, free_port, livekit_binary
-from test_durability import _serve_processes  # noqa: F401  (the serve_processes fixture)
-from test_livekit import RATE, Caller, _listening, _reply_done, poll
-
-from voicecore.rtc import Credentials
+from livekit_fixtures import (
+    RATE,
+    ROOT,
+    Caller,
+    LiveKitServer,
+    free_port,
+    listening,
+    livekit_binary,
+    poll,
+    reply_done,
+)
+from serve_process import ServeProcesses
 
 pytestmark = pytest.mark.slow
 
@@ -40,33 +46,6 @@ HTTP_KEY = "http-key-Ux3Jr8Wq2Lm5Zp9T"
 WRONG_SECRET = "Wr0ngSecretWr0ngSecretWr0ngSecret"
 JWT = re.compile(rb"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}")
 ROOM = "private-room"
-
-
-class KeyedLiveKit(LiveKitServer):
-    """livekit-server as in production: its own API key pair, no development mode."""
-
-    def __init__(self, binary: str, workdir: Path) -> None:
-        super().__init__(binary, workdir)
-        with self.config.open("a") as config:
-            config.write(f"keys:\n  {API_KEY}: {API_SECRET}\n")
-        self.creds = Credentials(f"ws://127.0.0.1:{self.port}", API_KEY, API_SECRET)
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [self.binary, "--bind", "127.0.0.1", "--config", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"livekit-server exited; see {self.log}"
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError(f"livekit-server did not listen on {self.port}; see {self.log}")
 
 
 class Seen:
@@ -133,14 +112,14 @@ def keyed_livekit(tmp_path_factory: pytest.TempPathFactory):
     binary = livekit_binary()
     if binary is None:
         pytest.skip("livekit-server not found (bin/setup builds it)")
-    server = KeyedLiveKit(binary, tmp_path_factory.mktemp("keyed-livekit"))
+    server = LiveKitServer(binary, tmp_path_factory.mktemp("keyed-livekit"), keys={API_KEY: API_SECRET})
     server.start()
     yield server
     server.stop()
 
 
 async def test_no_secret_or_token_appears_anywhere(
-    keyed_livekit: KeyedLiveKit, serve_processes, say, tmp_path: Path
+    keyed_livekit: LiveKitServer, serve_processes: ServeProcesses, say, tmp_path: Path
 ):
     seen = Seen()
     issued: list[str] = []
@@ -181,9 +160,9 @@ async def test_no_secret_or_token_appears_anywhere(
     caller = TokenCaller("browser")
     try:
         await asyncio.wait_for(caller.join_with(details["serverUrl"], details["participantToken"]), 15)
-        await poll(lambda: _listening(caller), 30)
+        await poll(lambda: listening(caller), 30)
         await caller.speak(say("What is the capital of France?"))
-        await _reply_done(caller, finals=1, within=60)
+        await reply_done(caller, finals=1, within=60)
     finally:
         await caller.leave()
     for path in ("/metrics", "/healthz", "/readyz", "/nope", "/static/..%2f..%2fetc"):
