@@ -44,7 +44,10 @@ def say(models: Models):
             from voicecore.models import bundled_piper_voice
 
             voice = PiperVoice.load(bundled_piper_voice())
-            chunks = voice.synthesize(text, SynthesisConfig(length_scale=length_scale))
+            # No noise: Piper's default noise makes every run a different voice, and Whisper
+            # tiny mishears some of them ("Poodle of France"); tests want the same speech each time.
+            quiet = SynthesisConfig(length_scale=length_scale, noise_scale=0.0, noise_w_scale=0.0)
+            chunks = voice.synthesize(text, quiet)
             audio = np.concatenate([c.audio_float_array for c in chunks])
             frame = AudioFrame.from_float(audio * 0.7, voice.config.sample_rate)
             cache[key] = resample(frame, 16_000)
