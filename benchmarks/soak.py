@@ -55,7 +55,7 @@ from lkserver import LiveKitServer, find_binary  # noqa: E402
 from recordings import Recording, recordings, speech_bounds  # noqa: E402
 from run import Progress, machine  # noqa: E402
 from scenarios import REPLY_TIMEOUT, Bench, _correct, ask, conversation  # noqa: E402
-from systems import VoicecoreSystem  # noqa: E402
+from systems import VoicecoreSystem, process_tree  # noqa: E402
 
 ROOT = HERE.parent
 WARMUP_MINUTES = 5.0  # memory settles (allocator arenas, caches) before growth is judged
@@ -102,11 +102,7 @@ def sample_tree(t: float, agent: psutil.Process, client: psutil.Process, livekit
     """The agent's process and its children (a model server a setting might start) summed."""
     rss = shared = pss = threads = fds = count = 0
     cpu = 0.0
-    try:
-        procs = [agent, *agent.children(recursive=True)]
-    except psutil.Error:
-        procs = []
-    for proc in procs:
+    for proc in process_tree(agent):
         try:
             with proc.oneshot():
                 mem = proc.memory_full_info()

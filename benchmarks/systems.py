@@ -261,6 +261,14 @@ class Usage:
     processes: int = 0
 
 
+def process_tree(root: psutil.Process) -> list[psutil.Process]:
+    """`root` and its children, all the way down (none if `root` is gone)."""
+    try:
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
 class ResourceSampler:
     """A thread that samples each component's process tree every `interval` seconds."""
 
@@ -299,11 +307,7 @@ class ResourceSampler:
         tick: dict[str, Usage] = {}
         for name, root in self.roots.items():
             usage = Usage()
-            try:
-                procs = [root] if name in self.others else [root, *root.children(recursive=True)]
-            except psutil.Error:
-                procs = []
-            for proc in procs:
+            for proc in [root] if name in self.others else process_tree(root):
                 try:
                     with proc.oneshot():
                         mem = proc.memory_full_info()
