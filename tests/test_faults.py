@@ -171,3 +171,37 @@ async def test_garbage_from_the_llm_is_skipped_or_spoken_cleanly(models, config,
         assert session.state is AgentState.SPEAKING
     finally:
         await session.aclose()
+
+
+async def test_a_reply_cut_short_while_speech_waits_for_playout_leaves_no_task(models, config, say):
+    """TTS runs ahead of playout; barging in or closing then must not wait on a listener that is
+    gone (it once did, forever: a hung `aclose`, two leaked tasks per interrupted long reply)."""
+    llm = Scripted(models.llm)
+    llm.reply = " ".join(["and then the cat sat down on the mat"] * 30)
+    hooks = Recorder()
+    sink = RealtimeSink(config.audio.output_sample_rate)
+    before = {t for t in asyncio.all_tasks() if not t.done()}
+    session = Session(replace(models, llm=llm), config, sink, hooks)
+    try:
+        await feed(session, join(0.3, say("Tell me a story.")), until=lambda: len(hooks.spoken) >= 1)
+        # the first chunk plays for seconds; meanwhile the next ones are made and wait their turn
+        await feed(session, AudioFrame.silence(2.0, 16000), until=lambda: False, max_seconds=2.0)
+        assert session.state is AgentState.SPEAKING
+        llm.reply = "Four."
+        await feed(
+            session,
+            join(0.1, say("Stop. What is two plus two?")),
+            until=lambda: len(session.records) == 2 and not session.busy,
+            max_seconds=20,
+        )
+        assert session.records[0].interrupted and session.records[1].agent_text == "Four."
+        left = {t for t in asyncio.all_tasks() if not t.done()} - before - {asyncio.current_task()}
+        assert not left, left
+
+        llm.reply = " ".join(["and then the cat sat down on the mat"] * 30)
+        await feed(session, join(0.3, say("Tell me a story.")), until=lambda: len(hooks.spoken) >= 3)
+        await feed(session, AudioFrame.silence(2.0, 16000), until=lambda: False, max_seconds=2.0)
+    finally:
+        await asyncio.wait_for(session.aclose(), 2.0)
+    left = {t for t in asyncio.all_tasks() if not t.done()} - before - {asyncio.current_task()}
+    assert not left, left

@@ -175,7 +175,8 @@ class Session:
             timeout = self.config.turn.stage_timeout
             text = ""
             try:
-                text = (await asyncio.wait_for(self.models.stt.transcribe(audio, final=True), timeout)).text
+                async with asyncio.timeout(timeout):
+                    text = (await self.models.stt.transcribe(audio, final=True)).text
             except Exception as e:  # a failed or hung STT: the reply is the apology
                 self._stage_failed(turn, "stt", e)
                 producer = asyncio.create_task(self._apologise(turn, chunks))
@@ -228,7 +229,8 @@ class Session:
         try:
             while True:
                 try:
-                    piece = await asyncio.wait_for(anext(stream), timeout)
+                    async with asyncio.timeout(timeout):
+                        piece = await anext(stream)
                 except StopAsyncIteration:
                     break
                 except Exception as e:
@@ -246,7 +248,11 @@ class Session:
         finally:
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
-            await chunks.put(None)
+            # The end mark is for playout. Once cancelled, playout is gone: with the queue full
+            # of speech made ahead, waiting for room would wait forever (and so would whoever
+            # waits for this task).
+            if not _cancelling():
+                await chunks.put(None)
 
     async def _apologise(
         self, turn: TurnRecord, chunks: asyncio.Queue[tuple[str, AudioFrame] | None]
@@ -275,9 +281,8 @@ class Session:
             turn.first_chunk_text = self.clock()
         first = turn.tts_first_audio is None
         try:
-            audio = await asyncio.wait_for(
-                self.models.tts.synthesize(text, first=first), self.config.turn.stage_timeout
-            )
+            async with asyncio.timeout(self.config.turn.stage_timeout):
+                audio = await self.models.tts.synthesize(text, first=first)
         except Exception as e:
             self._stage_failed(turn, "tts", e)
             return False
@@ -425,3 +430,8 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.sink.clear_queue()
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

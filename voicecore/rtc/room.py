@@ -211,7 +211,8 @@ class Conversation(SessionHooks):
         publication = self.room.voice.publication
         if publication is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(publication.wait_for_subscription(), GREETING_WAIT)
+                async with asyncio.timeout(GREETING_WAIT):
+                    await publication.wait_for_subscription()
         audio = resample(await self.room.models.tts.synthesize(text), self.room.voice.sample_rate)
         if self.session.busy:
             return
@@ -505,7 +506,8 @@ class AgentRoom:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.outbox.aclose()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.room.disconnect(), LEAVE_TIMEOUT)
+            async with asyncio.timeout(LEAVE_TIMEOUT):
+                await self.room.disconnect()
         await self.voice.aclose()
         self._left.set()
         if self._joined:

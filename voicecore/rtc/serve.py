@@ -56,7 +56,8 @@ async def serve_room(
             delay = retry.next()
             notify(f"could not join room {room} on {creds.ws_url} ({e}); retrying in {delay:.1f} s")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await stop.wait()
             continue
         retry.reset()
         notify(f"joined room {room} on {creds.ws_url} as {identity}")
@@ -98,5 +99,6 @@ async def run_worker(worker: DispatchWorker, stop: asyncio.Event, notify: Callab
     finally:
         await worker.aclose()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(running, 5.0)
+            async with asyncio.timeout(5.0):
+                await running
         notify("agent worker stopped")

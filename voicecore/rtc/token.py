@@ -72,7 +72,8 @@ async def check_credentials(creds: Credentials) -> None:
     down or slow is not an error here: the agent waits for it."""
     lk = api.LiveKitAPI(creds.http_url, creds.api_key, creds.api_secret)
     try:
-        await asyncio.wait_for(lk.room.list_rooms(api.ListRoomsRequest(names=["-"])), CHECK_TIMEOUT)
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            await lk.room.list_rooms(api.ListRoomsRequest(names=["-"]))
     except api.TwirpError as e:
         if e.status in (401, 403):
             raise ConfigError(

@@ -82,7 +82,8 @@ class Outbox:
                 await self._wake.wait()
             send, _ = self._items.popleft()
             try:
-                await asyncio.wait_for(send(), SEND_TIMEOUT)
+                async with asyncio.timeout(SEND_TIMEOUT):
+                    await send()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a failed side-channel send must not end the conversation
@@ -93,7 +94,8 @@ class Outbox:
     async def aclose(self, drain: float = 1.0) -> None:
         """Give queued sends up to `drain` seconds, then stop."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), drain)
+            async with asyncio.timeout(drain):
+                await self._idle.wait()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task

@@ -10,6 +10,7 @@ queue of the reply that is actually playing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -88,10 +89,9 @@ class AgentVoice:
                 self._release(holder)
                 break
             self._floor_freed.clear()
-            try:
-                await asyncio.wait_for(self._floor_freed.wait(), STALE_FLOOR)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STALE_FLOOR):
+                    await self._floor_freed.wait()
         self._holder = lane
 
     def _release(self, lane: VoiceLane) -> None:

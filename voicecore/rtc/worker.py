@@ -192,7 +192,8 @@ class DispatchWorker:
                 if self._stopping:
                     break
                 with contextlib.suppress(TimeoutError):  # sleep, unless stopped meanwhile
-                    await asyncio.wait_for(self._stopped.wait(), delay * random.uniform(0.8, 1.2))
+                    async with asyncio.timeout(delay * random.uniform(0.8, 1.2)):
+                        await self._stopped.wait()
                 delay = min(delay * 2, RECONNECT_MAX)
 
     async def _connect_and_serve(self, http: aiohttp.ClientSession) -> None:
@@ -218,7 +219,8 @@ class DispatchWorker:
                 allowed_permissions=permissions,
             )
             await ws.send_bytes(proto.WorkerMessage(register=register).SerializeToString())
-            reply = await asyncio.wait_for(_receive(ws), REGISTER_TIMEOUT)
+            async with asyncio.timeout(REGISTER_TIMEOUT):
+                reply = await _receive(ws)
             if reply.WhichOneof("message") != "register":
                 raise ConnectionLost(f"expected a register reply, got {reply.WhichOneof('message')}")
             self.worker_id = reply.register.worker_id
