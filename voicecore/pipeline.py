@@ -34,6 +34,9 @@ class Models:
             break
 
     def close(self) -> None:
+        """Stop the models' threads (each finishes the call it is in) and free the models.
+        Blocks for up to a few seconds: from async code, run it in a thread. Native models left
+        to interpreter teardown, or freed under a running call, can abort the process at exit."""
         for stage in (self.stt, self.llm, self.tts):
             stage.close()
 

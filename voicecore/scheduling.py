@@ -20,6 +20,8 @@ CRITICAL = 0  # final transcripts, replies' first audio
 FOLLOW_UP = 1  # the rest of a reply's speech: it plays for seconds, a new reply's first chunk goes first
 BACKGROUND = 2  # interim transcripts
 
+CLOSE_GRACE = 2.0  # seconds a closing worker gives the call in progress
+
 
 class PriorityWorker:
     def __init__(self, name: str, max_pending: int = 256) -> None:
@@ -45,10 +47,19 @@ class PriorityWorker:
             self._ready.notify()
         return await future
 
-    def close(self) -> None:
+    def close(self, grace: float = CLOSE_GRACE) -> bool:
+        """Take no more jobs, drop the queued ones, and wait up to `grace` seconds for the one in
+        progress (a token, a transcription: well under a second). True once the thread is gone:
+        only then may the model it uses be freed."""
         with self._ready:
             self._closed = True
+            dropped, self._heap = self._heap, []
             self._ready.notify()
+        for _, _, _, future in dropped:
+            _resolve(future, None, RuntimeError(f"{self.name} worker is closed"))
+        if threading.current_thread() is not self._thread:
+            self._thread.join(grace)
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         while True:

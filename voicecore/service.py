@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import signal
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,8 +30,6 @@ from voicecore.web.app import WebContext, WebServer, build_app
 from voicecore.web.auth import AccessPolicy, RateLimiter, is_loopback
 from voicecore.web.details import DetailsIssuer
 from voicecore.web.health import Readiness
-
-MODEL_THREADS_GRACE = 2.0  # seconds the models' threads get to finish the call in progress at exit
 
 
 @dataclass(frozen=True)
@@ -62,16 +58,6 @@ def web_context(
     )
     limiter = RateLimiter(http.rate_per_minute, http.rate_burst)
     return WebContext(policy, limiter, issuer, readiness, telemetry)
-
-
-def _wait_for_model_threads(grace: float) -> None:
-    """After `Models.close()`: let each model thread finish the call it is in (a token, a
-    transcription: well under a second). A native call still running on a daemon thread while the
-    interpreter tears down can abort in llama.cpp (ggml then tries gdb: "ptrace: No such process")."""
-    deadline = time.monotonic() + grace
-    for thread in threading.enumerate():
-        if thread.name.startswith("voicecore-") and thread is not threading.current_thread():
-            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _draining(stop: asyncio.Event) -> str | None:
@@ -144,8 +130,7 @@ async def run(
                 )
                 await run_worker(worker, stop, notify)
         finally:
-            models.close()
-            await asyncio.to_thread(_wait_for_model_threads, MODEL_THREADS_GRACE)
+            await asyncio.to_thread(models.close)
     finally:
         if web is not None:
             await web.stop()

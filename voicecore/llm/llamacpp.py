@@ -108,4 +108,5 @@ class LlamaCppEngine:
                 job.cancel()  # if it has not started yet, it never will
 
     def close(self) -> None:
-        self._worker.close()
+        if self._worker.close():
+            self._llama.close()  # freed now, not during interpreter teardown

@@ -63,7 +63,8 @@ class WhisperSTT:
         return Transcript(text, final, len(audio) / SAMPLE_RATE, time.monotonic() - started)
 
     def close(self) -> None:
-        self._worker.close()
+        if self._worker.close():
+            del self._model  # freed now, not during interpreter teardown (ctranslate2 can abort there)
 
     # -- worker thread --------------------------------------------------------------------------
     def _recognise(self, audio: np.ndarray) -> str:

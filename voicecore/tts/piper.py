@@ -52,4 +52,5 @@ class PiperTTS:
         return AudioFrame(float_to_int16(audio), self.sample_rate)
 
     def close(self) -> None:
-        self._worker.close()
+        if self._worker.close():
+            del self._voice  # freed now, not during interpreter teardown
