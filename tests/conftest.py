@@ -4,6 +4,7 @@ server, the people who join it and `voicecore serve` processes."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -100,3 +101,20 @@ async def serve_processes() -> AsyncIterator[ServeProcesses]:
     yield make
     for process in made:
         await process.kill()
+
+
+@pytest.fixture(autouse=True)
+async def stacks_of_a_hung_test(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """pytest-timeout shows where threads are; a hung asyncio test also needs its tasks' stacks."""
+    timeout = float(request.config.getini("timeout") or 0)
+
+    async def dump() -> None:
+        await asyncio.sleep(max(1.0, timeout - 5))
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.print_stack(file=sys.stderr)
+
+    watchdog = asyncio.create_task(dump()) if timeout else None
+    yield
+    if watchdog is not None:
+        watchdog.cancel()
