@@ -205,3 +205,24 @@ async def test_a_reply_cut_short_while_speech_waits_for_playout_leaves_no_task(m
         await asyncio.wait_for(session.aclose(), 2.0)
     left = {t for t in asyncio.all_tasks() if not t.done()} - before - {asyncio.current_task()}
     assert not left, left
+
+
+async def test_waiting_behind_other_conversations_is_not_a_hang(models, config, say):
+    """One llama.cpp thread serves every conversation, a reply at a time. A turn queued behind
+    another conversation's long reply waits longer than the stage timeout for its first token,
+    yet the LLM is busy, not stuck: no apology, an answer."""
+    config = copy.deepcopy(config)
+    config.turn.stage_timeout = 1.0
+    story = say("Tell me a long story about a brave little cat.")
+    question = say("What is the capital of France?")
+    storyteller, asker = Errors(), Errors()
+    # the question ends just after the story request: its first token waits for the whole story
+    lead = 0.3 + story.duration - question.duration + 0.2
+    (_, _, _), (session, _, _) = await asyncio.gather(
+        converse(models, config, join(0.3, story), storyteller),
+        converse(models, config, join(lead, question), asker),
+    )
+    turn = session.records[0]
+    assert storyteller.errors == [] and asker.errors == []
+    assert turn.llm_first_token - turn.stt_final > config.turn.stage_timeout  # it did wait that long
+    assert "Paris" in turn.agent_text

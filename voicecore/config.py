@@ -47,8 +47,9 @@ class TurnConfig:
     min_interruption: float = 0.1
     max_utterance: float = 28.0  # Whisper's window is 30 s: a longer monologue is cut into turns
     interim_interval: float = 1.0  # seconds of new speech between interim transcripts
-    # A model stage that raises, or takes longer than this (STT, the LLM's next token, one TTS
-    # chunk), ends the turn with the apology below; the conversation goes on.
+    # A model stage that raises, or whose model makes no progress for this long (STT, the LLM's
+    # next token, one TTS chunk; waiting in line behind other conversations does not count),
+    # ends the turn with the apology below; the conversation goes on.
     stage_timeout: float = 8.0
     apology: str = "Sorry, something went wrong on my side. Could you say that again?"
 

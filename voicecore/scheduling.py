@@ -8,10 +8,12 @@ the GIL, so the event loop keeps running while a worker computes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -31,6 +33,7 @@ class PriorityWorker:
         self._order = itertools.count()
         self._ready = threading.Condition()
         self._closed = False
+        self.last_progress = time.monotonic()  # a job ended, or told of a step (a token)
         self._thread = threading.Thread(target=self._run, name=f"voicecore-{name}", daemon=True)
         self._thread.start()
 
@@ -46,6 +49,10 @@ class PriorityWorker:
             heapq.heappush(self._heap, (priority, next(self._order), fn, future))
             self._ready.notify()
         return await future
+
+    def progressed(self) -> None:
+        """From inside a long job (a reply, token by token): the model is not stuck."""
+        self.last_progress = time.monotonic()
 
     def close(self, grace: float = CLOSE_GRACE) -> bool:
         """Take no more jobs, drop the queued ones, and wait up to `grace` seconds for the one in
@@ -77,6 +84,8 @@ class PriorityWorker:
                 _resolve(future, None, e)
             else:
                 _resolve(future, result, None)
+            finally:
+                self.last_progress = time.monotonic()
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -92,3 +101,28 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
         future.get_loop().call_soon_threadsafe(settle)
     except RuntimeError:
         pass  # the loop is gone; nobody waits for this result
+
+
+@contextlib.asynccontextmanager
+async def stall_timeout(seconds: float, last_progress: Callable[[], float]) -> AsyncIterator[None]:
+    """Like `asyncio.timeout(seconds)`, but the clock restarts whenever the model makes progress
+    (`last_progress()`, a `time.monotonic()`): a request waiting in line behind other
+    conversations' work is not hung; a model stuck for `seconds` in one call is."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()  # the same clock as time.monotonic()
+    async with asyncio.timeout(None) as timeout:
+        handle: asyncio.TimerHandle
+
+        def check() -> None:
+            nonlocal handle
+            deadline = max(start, last_progress()) + seconds
+            if deadline <= loop.time():
+                timeout.reschedule(loop.time())  # no progress for `seconds`: expire now
+            else:
+                handle = loop.call_at(deadline, check)
+
+        handle = loop.call_at(start + seconds, check)
+        try:
+            yield
+        finally:
+            handle.cancel()

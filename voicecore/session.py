@@ -30,6 +30,7 @@ from voicecore.llm.base import Message
 from voicecore.llm.history import ChatHistory
 from voicecore.metrics import TurnRecord
 from voicecore.pipeline import Models
+from voicecore.scheduling import stall_timeout
 from voicecore.tts.chunker import SentenceChunker
 from voicecore.turn.machine import Action, Decision, TurnMachine
 from voicecore.turn.state import AgentState, TurnState
@@ -175,7 +176,7 @@ class Session:
             timeout = self.config.turn.stage_timeout
             text = ""
             try:
-                async with asyncio.timeout(timeout):
+                async with stall_timeout(timeout, lambda: self.models.stt.last_progress):
                     text = (await self.models.stt.transcribe(audio, final=True)).text
             except Exception as e:  # a failed or hung STT: the reply is the apology
                 self._stage_failed(turn, "stt", e)
@@ -229,7 +230,7 @@ class Session:
         try:
             while True:
                 try:
-                    async with asyncio.timeout(timeout):
+                    async with stall_timeout(timeout, lambda: self.models.llm.last_progress):
                         piece = await anext(stream)
                 except StopAsyncIteration:
                     break
@@ -281,7 +282,7 @@ class Session:
             turn.first_chunk_text = self.clock()
         first = turn.tts_first_audio is None
         try:
-            async with asyncio.timeout(self.config.turn.stage_timeout):
+            async with stall_timeout(self.config.turn.stage_timeout, lambda: self.models.tts.last_progress):
                 audio = await self.models.tts.synthesize(text, first=first)
         except Exception as e:
             self._stage_failed(turn, "tts", e)

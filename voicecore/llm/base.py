@@ -31,4 +31,10 @@ class LLMEngine(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
+    @property
+    def last_progress(self) -> float:
+        """time.monotonic() of the last token or finished request, any
+        session's: stage timeouts restart from it (waiting in line is not a hang)."""
+        ...
+
     def close(self) -> None: ...

@@ -83,6 +83,7 @@ class LlamaCppEngine:
                     repeat_penalty=self.config.repeat_penalty,
                 )
                 for chunk in chunks:
+                    self._worker.progressed()
                     if stop.is_set():
                         break
                     piece = chunk["choices"][0]["delta"].get("content")  # type: ignore[index,union-attr]
@@ -106,6 +107,10 @@ class LlamaCppEngine:
             stop.set()  # the worker stops after the token in progress
             if not job.done():
                 job.cancel()  # if it has not started yet, it never will
+
+    @property
+    def last_progress(self) -> float:
+        return self._worker.last_progress
 
     def close(self) -> None:
         if self._worker.close():

@@ -7,6 +7,7 @@ cache, so requests are not serialised here. Install with `pip install voicecore[
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ class VllmEngine:
         self.config = config
         self.model_name = config.model
         self.context_tokens = config.context_tokens
+        self.last_progress = time.monotonic()  # any request's latest tokens (one batch serves all)
 
     def _get_tokenizer(self) -> Any:
         if self._tokenizer is None:
@@ -70,6 +72,7 @@ class VllmEngine:
         request_id = f"voicecore-{next(_request_ids)}"
         try:
             async for output in self._engine.generate(prompt, params, request_id):
+                self.last_progress = time.monotonic()
                 piece = output.outputs[0].text
                 if piece:
                     yield piece

@@ -22,4 +22,10 @@ class STT(Protocol):
         and yields to final transcripts of any session. Cancelling the await abandons it."""
         ...
 
+    @property
+    def last_progress(self) -> float:
+        """time.monotonic() of the last finished transcription, any
+        session's: stage timeouts restart from it (waiting in line is not a hang)."""
+        ...
+
     def close(self) -> None: ...

@@ -62,6 +62,10 @@ class WhisperSTT:
         text = await self._worker.run(lambda: self._recognise(audio), priority)
         return Transcript(text, final, len(audio) / SAMPLE_RATE, time.monotonic() - started)
 
+    @property
+    def last_progress(self) -> float:
+        return self._worker.last_progress
+
     def close(self) -> None:
         if self._worker.close():
             del self._model  # freed now, not during interpreter teardown (ctranslate2 can abort there)

@@ -16,4 +16,10 @@ class TTS(Protocol):
         abandons it."""
         ...
 
+    @property
+    def last_progress(self) -> float:
+        """time.monotonic() of the last finished synthesis, any
+        session's: stage timeouts restart from it (waiting in line is not a hang)."""
+        ...
+
     def close(self) -> None: ...

@@ -51,6 +51,10 @@ class PiperTTS:
         audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         return AudioFrame(float_to_int16(audio), self.sample_rate)
 
+    @property
+    def last_progress(self) -> float:
+        return self._worker.last_progress
+
     def close(self) -> None:
         if self._worker.close():
             del self._voice  # freed now, not during interpreter teardown
