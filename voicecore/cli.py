@@ -282,12 +282,14 @@ def serve(
     dispatches to this worker; and serve the talk page at http://127.0.0.1:8080/. Models are
     loaded once and shared by all rooms."""
     _logging(verbose)
+    from voicecore import memory
     from voicecore.metrics import TurnLog
     from voicecore.pipeline import load_models
     from voicecore.rtc.devserver import LocalLiveKit
     from voicecore.rtc.token import DEV_API_KEY, DEV_API_SECRET, credentials, refuse_dev_keys
     from voicecore.service import ServeOptions, run
 
+    memory.limit_arenas()  # before any thread allocates: a long run's RSS stays flat
     local: LocalLiveKit | None = None
     try:
         cfg = _config(

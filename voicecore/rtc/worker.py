@@ -51,6 +51,7 @@ import aiohttp
 from livekit.protocol import agent as proto
 from livekit.protocol import models as proto_models
 
+from voicecore import memory
 from voicecore.config import Config
 from voicecore.pipeline import Models
 from voicecore.rtc.observer import Observer, Observers
@@ -380,6 +381,7 @@ class DispatchWorker:
             if agent is not None:
                 await agent.aclose()
                 self.notify(f"left room {job.room}")
+                await asyncio.to_thread(memory.trim)  # what the room freed goes back to the OS
             self.jobs.pop(job.id, None)
             self.conversations.served.discard(job.room)
             await self._send_job_status(job, status, error)
