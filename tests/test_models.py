@@ -94,6 +94,20 @@ async def test_llm_stream_can_be_abandoned_and_the_engine_reused(models, config)
     assert "Paris" in reply
 
 
+async def test_llm_conversations_taking_turns_each_get_their_own_context_back(models, config):
+    """The engine keeps a conversation's context when another one speaks, and puts it back."""
+    system = Message("system", config.llm.system_prompt)
+    histories: dict[str, list[Message]] = {"France": [], "Japan": []}
+    switches = models.llm._contexts.switches
+    for question in ["Tell me about {}.", "What is its most famous food?", "What is the capital of {}?"]:
+        for country, history in histories.items():
+            history.append(Message("user", question.format(country)))
+            reply = await asyncio.wait_for(_collect(models.llm.stream([system, *history])), timeout=30)
+            history.append(Message("assistant", reply))
+    assert "Paris" in histories["France"][-1].content and "Tokyo" in histories["Japan"][-1].content
+    assert models.llm._contexts.switches - switches >= 4  # each turn after the first two went back
+
+
 async def _collect(stream) -> str:
     return "".join([p async for p in stream])
 

@@ -11,14 +11,22 @@ waiting first clause did no better in the soak (more first tokens past the stage
 saturated CPU the fewest prompt re-reads win; capacity (`livekit.max_conversations`) keeps the
 CPU from being saturated. Generating on every core (not one fewer) is ~35 % faster per token
 when idle, but ggml's threads spin at barriers: with Whisper or Piper busy, a reply took seconds.
+
+Several conversations share the one context. Re-reading a long history at every switch cost
+seconds on 2 cores (the soak: first tokens 8-10 s late at turn 8 of 4 conversations), so the
+context of the conversation switched away from is kept (`Contexts`: its KV cells, ~23 kB a
+token for SmolLM2-135M, bounded) and put back when that conversation speaks again: only its
+new words are read. One conversation alone never switches and pays nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +37,7 @@ from voicecore.models import bundled_gguf
 from voicecore.scheduling import CRITICAL, PriorityWorker
 
 _DONE = object()
+SAVED_CONTEXTS_BYTES = 128 << 20  # KV cells kept for conversations switched away from
 
 
 class LlamaCppEngine:
@@ -56,6 +65,7 @@ class LlamaCppEngine:
         self.config = config
         self.context_tokens = config.context_tokens
         self._worker = PriorityWorker("llm")
+        self._contexts = Contexts(self._llama, SAVED_CONTEXTS_BYTES)
 
     def count_tokens(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
@@ -65,6 +75,7 @@ class LlamaCppEngine:
         # Bounded by construction: at most max_tokens pieces are ever put here.
         pieces: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
+        prompt = [m.as_dict() for m in messages]
 
         def hand_over(item: Any) -> None:
             try:
@@ -73,9 +84,11 @@ class LlamaCppEngine:
                 stop.set()  # the loop is gone
 
         def generate() -> None:
+            said: list[str] = []
             try:
+                self._contexts.switch_to(prompt)
                 chunks = self._llama.create_chat_completion(
-                    messages=[m.as_dict() for m in messages],  # type: ignore[misc]
+                    messages=prompt,  # type: ignore[arg-type]
                     stream=True,
                     max_tokens=self.config.max_tokens,
                     temperature=self.config.temperature,
@@ -88,10 +101,12 @@ class LlamaCppEngine:
                         break
                     piece = chunk["choices"][0]["delta"].get("content")  # type: ignore[index,union-attr]
                     if piece:
+                        said.append(str(piece))
                         hand_over(piece)
             except Exception as e:  # handed to the consumer, raised there
                 hand_over(e)
             finally:
+                self._contexts.now_holds([*prompt, {"role": "assistant", "content": "".join(said)}])
                 hand_over(_DONE)
 
         job = asyncio.ensure_future(self._worker.run(generate, CRITICAL))
@@ -115,3 +130,77 @@ class LlamaCppEngine:
     def close(self) -> None:
         if self._worker.close():
             self._llama.close()  # freed now, not during interpreter teardown
+
+
+@dataclass
+class _Kept:
+    messages: list[dict[str, str]]  # what the context held: a prompt and the reply generated to it
+    tokens: list[int]
+    cells: ctypes.Array[ctypes.c_uint8]  # llama.cpp's KV cells of sequence 0
+
+
+class Contexts:
+    """The LLM context of each recent conversation, known by the messages it holds. Worker thread
+    only. A request goes to the context sharing the most leading messages with it: the current
+    one unless a kept one shares more than it and the system prompt; llama-cpp-python then
+    reads only the tokens past the longest common prefix."""
+
+    def __init__(self, llama: Any, max_bytes: int) -> None:
+        self._llama = llama
+        self._max_bytes = max_bytes
+        self._holds: list[dict[str, str]] = []
+        self._kept: list[_Kept] = []  # oldest first
+        self.switches = 0
+
+    def now_holds(self, messages: list[dict[str, str]]) -> None:
+        self._holds = messages
+
+    def switch_to(self, prompt: list[dict[str, str]]) -> None:
+        here = _shared(self._holds, prompt)
+        best = max(self._kept, key=lambda k: _shared(k.messages, prompt), default=None)
+        if here > 1 and (best is None or _shared(best.messages, prompt) <= here):
+            return  # the context in place is this conversation's
+        if best is not None and _shared(best.messages, prompt) > 1:
+            self._kept.remove(best)
+        else:
+            best = None  # a new conversation: it starts after the system prompt in place
+        if len(self._holds) > 1:
+            self._keep()  # another conversation's, which will speak again
+        if best is not None:
+            self._restore(best)
+            self.switches += 1
+
+    def _keep(self) -> None:
+        import llama_cpp
+
+        ctx = self._llama._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        cells = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(ctx, cells, size, 0) != size:
+            return
+        tokens = self._llama.input_ids[: self._llama.n_tokens].tolist()
+        self._kept.append(_Kept(self._holds, tokens, cells))
+        while sum(len(k.cells) for k in self._kept) > self._max_bytes:
+            self._kept.pop(0)
+
+    def _restore(self, kept: _Kept) -> None:
+        import llama_cpp
+
+        self._llama._ctx.kv_cache_seq_rm(0, -1, -1)
+        if not llama_cpp.llama_state_seq_set_data(self._llama._ctx.ctx, kept.cells, len(kept.cells), 0):
+            self._llama.n_tokens = 0  # an empty context: the prompt is read whole
+            self._holds = []
+            return
+        self._llama.input_ids[: len(kept.tokens)] = kept.tokens
+        self._llama.n_tokens = len(kept.tokens)
+        self._holds = kept.messages
+
+
+def _shared(a: list[dict[str, str]], b: list[dict[str, str]]) -> int:
+    """How many leading messages `a` and `b` have in common."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
