@@ -1,10 +1,14 @@
-"""The serving process's heap policy (glibc): few malloc arenas, free pages handed back.
+"""The serving process's heap policy (glibc): few malloc arenas, big blocks mapped, free pages
+handed back.
 
 By default glibc gives each thread that allocates under contention an arena of its own, up to
 eight per core, and never returns their free pages. A voice agent has many native threads that
 come and go with rooms (LiveKit's runtime, onnxruntime, ctranslate2, llama.cpp): freed memory
-scattered over those arenas made `serve`'s RSS creep up with every room of a long run. One arena
-per core, and a trim after each room, keep it flat. Elsewhere (musl, macOS) both do nothing.
+scattered over those arenas made `serve`'s RSS creep up with every room of a long run. glibc
+also raises its mmap threshold each time a mapped block is freed, so later big blocks (audio
+buffers, kept LLM contexts of tens of MB) land in the heap, which rarely shrinks: the soak's
+heap grew by tens of MB over minutes. One arena per core, a fixed threshold, and a trim after
+each room. Elsewhere (musl, macOS) all of this does nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from functools import cache
 
 log = logging.getLogger(__name__)
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter number
+M_ARENA_MAX = -8  # glibc's mallopt parameter numbers
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 256 << 10  # blocks this big or bigger get pages of their own, returned when freed
 
 
 @cache
@@ -30,12 +36,13 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def limit_arenas(arenas: int | None = None) -> bool:
-    """Cap malloc arenas (default: one per core). Call before threads start allocating; True if
-    applied (the environment's MALLOC_ARENA_MAX, when set, wins)."""
+    """Cap malloc arenas (default: one per core) and fix the mmap threshold. Call before threads
+    start allocating; True if applied (MALLOC_ARENA_MAX in the environment, when set, wins)."""
     libc = _glibc()
     if libc is None or "MALLOC_ARENA_MAX" in os.environ:
         return False
-    return bool(libc.mallopt(M_ARENA_MAX, arenas or os.cpu_count() or 2))
+    mapped = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    return bool(libc.mallopt(M_ARENA_MAX, arenas or os.cpu_count() or 2) and mapped)
 
 
 def trim() -> None:

@@ -124,7 +124,9 @@ class Conversation(SessionHooks):
         if self.room.turn_log is not None:
             self.room.turn_log.write(record, room=self.room.name, participant=self.identity)
         if self.room.config.livekit.turn_metrics:
-            post_turn_metrics(self.room.outbox, self.room.room.local_participant, self.identity, record)
+            post_turn_metrics(
+                self.room.outbox, self.room.room.local_participant, self.identity, record, self._present
+            )
         latency = record.latencies_ms()
         log.info(
             "room %s, %s: turn %d%s, voice-to-voice %s ms",
@@ -133,6 +135,10 @@ class Conversation(SessionHooks):
         )  # fmt: skip
         log.debug("room %s, %s: %r -> %r", self.room.name, self.identity,
                   record.user_text, record.agent_text)  # fmt: skip
+
+    def _present(self) -> bool:
+        """This person is still in the room (a send addressed to someone who left gets no answer)."""
+        return any(p.sid == self.participant_sid for p in self.room.room.remote_participants.values())
 
     def on_error(self, stage: str, error: BaseException) -> None:
         self.room.observer.on_error(stage)

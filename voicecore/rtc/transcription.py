@@ -38,6 +38,7 @@ METRICS_TOPIC = "voicecore.metrics"
 
 OUTBOX_SIZE = 64  # sends waiting per room
 SEND_TIMEOUT = 5.0  # one send that takes longer is abandoned (the room is in trouble)
+ADDRESSED_SEND_TIMEOUT = 3.0  # a send to one person: after this, is that person still here?
 
 
 class Outbox:
@@ -87,7 +88,8 @@ class Outbox:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a failed side-channel send must not end the conversation
-                log.warning("room %s: send failed: %s", self.name, e)
+                why = f"no answer in {SEND_TIMEOUT:g} s" if isinstance(e, TimeoutError) else repr(e)
+                log.warning("room %s: send failed: %s", self.name, why)
                 if self.on_failure is not None:
                     self.on_failure()
 
@@ -147,9 +149,15 @@ class TranscriptStream:
 
 
 def post_turn_metrics(
-    outbox: Outbox, participant: rtc.LocalParticipant, identity: str, record: TurnRecord
+    outbox: Outbox,
+    participant: rtc.LocalParticipant,
+    identity: str,
+    record: TurnRecord,
+    present: Callable[[], bool],
 ) -> None:
-    """`record`'s latencies (ms after the end of the person's speech) to `identity` only."""
+    """`record`'s latencies (ms after the end of the person's speech) to `identity` only, while
+    `present()`. A turn often ends as its listener hangs up, and a send addressed to someone who
+    has left gets no answer from the SDK: that is no failure, there is just nobody to tell."""
     payload = json.dumps(
         {
             "turn": record.turn,
@@ -160,8 +168,15 @@ def post_turn_metrics(
     )
 
     async def send() -> None:
-        await participant.send_text(
-            payload, topic=METRICS_TOPIC, destination_identities=[identity], compress=False
-        )
+        if not present():
+            return
+        try:
+            async with asyncio.timeout(ADDRESSED_SEND_TIMEOUT):
+                await participant.send_text(
+                    payload, topic=METRICS_TOPIC, destination_identities=[identity], compress=False
+                )
+        except TimeoutError:
+            if present():
+                raise
 
     outbox.post(send, droppable=True)
