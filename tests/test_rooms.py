@@ -266,7 +266,7 @@ async def test_leaving_mid_reply_rejoining_and_taking_over_leave_nothing_behind(
     assert list(agent.conversations) == ["alice"]
     await poll(lambda: not old.room.isconnected(), 10)  # the server threw the old one out
     await old.leave()  # (stops its microphone)
-    record = await ask(agent, alice, say("What is the capital of Japan?"))
+    record = await ask(agent, alice, say("What is the capital of Japan?"), heard="japan")
     assert "tokyo" in words(record.agent_text), record
 
     await asyncio.wait_for(alice.leave(), 10)
@@ -284,7 +284,9 @@ async def test_two_people_joining_at_the_same_instant_are_both_answered(
     await asyncio.wait_for(asyncio.gather(ann.join(creds, "together"), ben.join(creds, "together")), 15)
     await poll(lambda: hears(agent, ann) and hears(agent, ben), 10)
     france, japan = say("What is the capital of France?"), say("What is the capital of Japan?")
-    records = await asyncio.gather(ask(agent, ann, france), ask(agent, ben, japan))
+    records = await asyncio.gather(
+        ask(agent, ann, france, heard="france"), ask(agent, ben, japan, heard="japan")
+    )
     assert "paris" in words(records[0].agent_text), records[0]
     assert "tokyo" in words(records[1].agent_text), records[1]
 
