@@ -34,7 +34,7 @@ from livekit_fixtures import (
 )
 from serve_process import ServeProcess, ServeProcesses
 
-from voicecore import Models
+from voicecore import Models, load_config
 from voicecore.rtc.worker import Job
 
 pytestmark = [
@@ -218,7 +218,7 @@ async def test_a_burst_of_people_into_one_room_is_answered_with_a_warning(
     mine = [t.text for t in last.transcripts if t.sender == last.identity and t.final]
     assert mine and words(mine[-1]), mine
     reply = last.agent_finals()[-1].text
-    assert words(reply) and "sorry" not in words(reply), reply
+    assert words(reply) and reply != load_config(env={}).turn.apology, reply  # (SmolLM2 may say "sorry")
     assert serve.proc.returncode is None
     code = await serve.stop(signal.SIGTERM)
     assert code == 0, serve.output()[-3000:]
