@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 import os
 from functools import cache
-
-log = logging.getLogger(__name__)
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter numbers
 M_MMAP_THRESHOLD = -3

@@ -33,8 +33,8 @@ class LLMEngine(Protocol):
 
     @property
     def last_progress(self) -> float:
-        """time.monotonic() of the last token or finished request, any
-        session's: stage timeouts restart from it (waiting in line is not a hang)."""
+        """time.monotonic() of the last token or finished request, any session's: stage timeouts
+        restart from it (waiting in line is not a hang)."""
         ...
 
     def close(self) -> None: ...

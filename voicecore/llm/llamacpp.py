@@ -158,9 +158,10 @@ class Contexts:
     def switch_to(self, prompt: list[dict[str, str]]) -> None:
         here = _shared(self._holds, prompt)
         best = max(self._kept, key=lambda k: _shared(k.messages, prompt), default=None)
-        if here > 1 and (best is None or _shared(best.messages, prompt) <= here):
+        best_shares = _shared(best.messages, prompt) if best is not None else 0
+        if here > 1 and best_shares <= here:
             return  # the context in place is this conversation's
-        if best is not None and _shared(best.messages, prompt) > 1:
+        if best is not None and best_shares > 1:
             self._kept.remove(best)
         else:
             best = None  # a new conversation: it starts after the system prompt in place

@@ -24,8 +24,8 @@ class STT(Protocol):
 
     @property
     def last_progress(self) -> float:
-        """time.monotonic() of the last finished transcription, any
-        session's: stage timeouts restart from it (waiting in line is not a hang)."""
+        """time.monotonic() of the last finished transcription, any session's: stage timeouts
+        restart from it (waiting in line is not a hang)."""
         ...
 
     def close(self) -> None: ...

@@ -18,8 +18,8 @@ class TTS(Protocol):
 
     @property
     def last_progress(self) -> float:
-        """time.monotonic() of the last finished synthesis, any
-        session's: stage timeouts restart from it (waiting in line is not a hang)."""
+        """time.monotonic() of the last finished synthesis, any session's: stage timeouts
+        restart from it (waiting in line is not a hang)."""
         ...
 
     def close(self) -> None: ...
