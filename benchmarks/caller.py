@@ -23,6 +23,7 @@ from livekit import rtc
 
 from voicecore import AudioFrame
 from voicecore.rtc import Credentials, user_token
+from voicecore.rtc.voice import close_audio
 
 MIC_RATE = 16_000
 MIC_FRAME = MIC_RATE // 50  # 20 ms
@@ -64,6 +65,7 @@ class Caller:
     texts: list[Text] = field(default_factory=list)
     agent_identity: str = ""
     source: rtc.AudioSource | None = None
+    mic: tuple[rtc.LocalAudioTrack, rtc.LocalTrackPublication] | None = None
     _speech: deque[np.ndarray] = field(default_factory=deque)
     _sent: list[float] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -84,7 +86,7 @@ class Caller:
         self.source = rtc.AudioSource(MIC_RATE, 1, queue_size_ms=40)
         track = rtc.LocalAudioTrack.create_audio_track("mic", self.source)
         options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        await self.room.local_participant.publish_track(track, options)
+        self.mic = track, await self.room.local_participant.publish_track(track, options)
         self._tasks.append(asyncio.create_task(self._microphone()))
 
     async def wait_for_agent(self, within: float) -> float:
@@ -99,6 +101,9 @@ class Caller:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.room.disconnect(), 5)
+        if self.source is not None and self.mic is not None:  # a soak's client joins hundreds of rooms
+            await close_audio(self.source, *self.mic)
+            self.source = self.mic = None
 
     # -- speaking ---------------------------------------------------------------------------------------
     async def speak(self, audio: AudioFrame, bounds: tuple[float, float]) -> Spoken:

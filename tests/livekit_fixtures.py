@@ -25,6 +25,7 @@ from livekit import api, rtc
 from voicecore import AudioFrame
 from voicecore.rtc import Credentials, user_token
 from voicecore.rtc.transcription import ATTR_FINAL, TOPIC
+from voicecore.rtc.voice import close_audio
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 16_000
@@ -151,6 +152,7 @@ class Caller:
     states: list[tuple[float, str]] = field(default_factory=list)
     mic_sid: str = ""
     source: rtc.AudioSource | None = None
+    mic: tuple[rtc.LocalAudioTrack, rtc.LocalTrackPublication] | None = None
     _speech: deque[np.ndarray] = field(default_factory=deque)
     _sent: list[float] = field(default_factory=list)  # when each utterance's first sample went out
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -166,7 +168,8 @@ class Caller:
         self.source = rtc.AudioSource(RATE, 1, queue_size_ms=40)  # a browser mic buffers ~10 ms
         track = rtc.LocalAudioTrack.create_audio_track("mic", self.source)
         options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        self.mic_sid = (await self.room.local_participant.publish_track(track, options)).sid
+        self.mic = track, await self.room.local_participant.publish_track(track, options)
+        self.mic_sid = self.mic[1].sid
         self._tasks.append(asyncio.create_task(self._microphone()))
 
     async def leave(self) -> None:
@@ -174,6 +177,9 @@ class Caller:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.room.disconnect()
+        if self.source is not None and self.mic is not None:
+            await close_audio(self.source, *self.mic)
+            self.source = self.mic = None
 
     # speaking: a live microphone sends 20 ms frames in real time, silence between utterances
     def say(self, audio: AudioFrame) -> None:

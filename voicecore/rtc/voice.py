@@ -100,8 +100,21 @@ class AgentVoice:
             self._floor_freed.set()
 
     async def aclose(self) -> None:
+        """After the room is left: the source, and the track published from it, freed now."""
         self.source.clear_queue()
-        await self.source.aclose()
+        published = (self.track, self.publication) if self.publication is not None else ()
+        await close_audio(self.source, *published)
+
+
+async def close_audio(source: rtc.AudioSource, *owners: rtc.Track | rtc.TrackPublication) -> None:
+    """Free a native audio source now, with the published `owners` of handles to it (its track,
+    its publication). It lives while any of them does, with a capture thread of its own; left to
+    Python's garbage collector, which collects reference cycles rarely in a big process, a
+    dispatch worker kept one thread and its buffers per room it had served. Not for a track that
+    was never published (see AgentVoice.__init__)."""
+    await source.aclose()
+    for owner in owners:
+        owner._ffi_handle.dispose()  # the SDK (1.2) has no public close for either
 
 
 class VoiceLane:
