@@ -34,6 +34,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -92,9 +93,37 @@ class Soak:
     client_errors: list[dict[str, Any]] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     rooms: int = 0
+    cut_short_s: float | None = None  # when Ctrl-C or SIGTERM ended it early
 
     def elapsed(self, at: float | None = None) -> float:
         return (time.monotonic() if at is None else at) - self.began
+
+
+class Stopper:
+    """Ctrl-C or SIGTERM: the first ends the soak after the turns in progress (the lanes see the
+    deadline passed) and still writes its results, cut short; a second, or one before the soak
+    has begun, stops at once. Either way livekit-server and the agent are stopped on the way out
+    (a terminal's Ctrl-C reaches them too: the agent then leaves its rooms by itself)."""
+
+    def __init__(self, say: Progress) -> None:
+        self.say = say
+        self.soak: Soak | None = None
+        self.main = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._stop, signum)
+
+    def _stop(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        soak = self.soak
+        if soak is None or soak.cut_short_s is not None:
+            self.say(f"{name}: stopping now")
+            if self.main is not None:
+                self.main.cancel()
+            return
+        soak.cut_short_s = soak.elapsed()
+        soak.deadline = time.monotonic()
+        self.say(f"{name}: ending the soak after the turns in progress (again to stop at once)")
 
 
 # -- sampling ---------------------------------------------------------------------------------------
@@ -311,7 +340,10 @@ def verdict(doc: dict[str, Any]) -> list[dict[str, Any]]:
     errors = doc["errors"]
     in_history = [t for t in answered if "agent" in t]
     agent_counted = sum(errors["agent_counters"].values())
+    cut = doc.get("cut_short_s")
+    ran = f"{doc['settings']['minutes']:g} min" if cut is None else f"cut short at {cut / 60:.1f} min"
     return [
+        {"check": "ran its full time", "result": ran, "ok": cut is None},
         {"check": "every turn answered (first agent audio <= 15 s after the question)",
          "result": f"{len(answered)}/{len(turns)}", "ok": bool(turns) and len(answered) == len(turns)},
         {"check": f"RSS growth after the warm-up ({doc['settings']['warmup']}) < 5 %",
@@ -477,6 +509,7 @@ def livekit_version(binary: str) -> str:
 # -- main ----------------------------------------------------------------------------------------------------
 async def main(args: argparse.Namespace) -> bool:
     say = Progress()
+    stopper = Stopper(say)
     binary = find_binary()
     if binary is None:
         raise SystemExit("livekit-server not found: run bin/setup (it builds .local/bin/livekit-server)")
@@ -514,7 +547,7 @@ async def main(args: argparse.Namespace) -> bool:
         )
         metrics_before = await read_metrics(url)
         began = time.monotonic()
-        soak = Soak(began=began, deadline=began + args.minutes * 60)
+        soak = stopper.soak = Soak(began=began, deadline=began + args.minutes * 60)
         bench = Bench(server.creds, system, say, f"soak{stamp.lower()}")
         agent, livekit = psutil.Process(agent_proc.pid), psutil.Process(server.proc.pid)
         tasks = [
@@ -546,6 +579,7 @@ async def main(args: argparse.Namespace) -> bool:
         "machine": {**machine(), "load_average": load_before, "load_average_after": os.getloadavg()},
         "versions": {**system.versions(), "livekit-server": livekit_version(binary)},
         "settings": settings,
+        "cut_short_s": None if soak.cut_short_s is None else round(soak.cut_short_s, 1),
         "cold_start_s": round(cold.seconds, 2),
         "rooms": soak.rooms,
         "turns": soak.turns,
@@ -582,4 +616,8 @@ if __name__ == "__main__":
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between memory samples")
     parser.add_argument("--seed", type=int, default=1, help="pauses and call starts")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
-    sys.exit(0 if asyncio.run(main(parser.parse_args())) else 1)
+    try:
+        passed = asyncio.run(main(parser.parse_args()))
+    except asyncio.CancelledError:  # stopped at once (Stopper)
+        sys.exit(130)
+    sys.exit(0 if passed else 1)
