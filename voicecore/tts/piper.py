@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +38,9 @@ class PiperTTS:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CUDAExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        runner: Any = session if use_cuda else _Shrinking(session)
         piper_config = PiperConfig.from_dict(json.loads(config_path.read_text()))
-        self._voice = PiperVoice(session=session, config=piper_config)
+        self._voice = PiperVoice(session=runner, config=piper_config)
         self._syn_config = SynthesisConfig(length_scale=config.length_scale)
         self.sample_rate: int = self._voice.config.sample_rate
         self._worker = PriorityWorker("tts")
@@ -58,3 +60,27 @@ class PiperTTS:
     def close(self) -> None:
         if self._worker.close():
             del self._voice  # freed now, not during interpreter teardown
+
+
+class _Shrinking:
+    """An onnxruntime session whose memory arena gives back what a call grew it by.
+
+    onnxruntime keeps the memory a call needed and never returns it: the arena grows with the
+    longest sentence synthesised (a 30-word chunk: +200 MiB at once, +350 MiB measured in all),
+    so RSS crept up for the first half hour of the soak as ever longer sentences came. With
+    shrinkage after each call, RSS stays flat (+5 MiB) at the same speed for the short chunks
+    that carry latency (first chunks 3-6 words: p50 95 vs 91 ms; 25 words: ~400 ms either way).
+    """
+
+    def __init__(self, session: Any) -> None:
+        import onnxruntime as ort
+
+        self._session = session
+        self._options = ort.RunOptions()
+        self._options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+    def run(self, output_names: Any, feed: Any, run_options: Any = None) -> Any:
+        return self._session.run(output_names, feed, run_options or self._options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
