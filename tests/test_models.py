@@ -10,6 +10,7 @@ import pytest
 from helpers import join, transcribe, words
 
 from voicecore import AudioFrame, Message, Models
+from voicecore.scheduling import BACKGROUND, PriorityWorker
 from voicecore.turn.vad import VadStream
 
 
@@ -144,7 +145,6 @@ async def test_tts_gives_back_the_memory_a_long_sentence_took(models):
 async def test_llm_generates_on_every_core_only_while_no_other_model_computes(models, config):
     """ggml's threads spin at barriers: sharing a core with Whisper or Piper made replies take
     seconds, while alone a thread more is ~40 % faster per token."""
-    from voicecore.scheduling import PriorityWorker
 
     llm = models.llm
     if llm._threads_alone == llm._threads_sharing:
@@ -169,3 +169,19 @@ async def test_llm_generates_on_every_core_only_while_no_other_model_computes(mo
         done.set()
         await busy
         other.close()
+
+
+async def test_llm_lets_go_of_the_context_of_a_conversation_that_ended(models, config):
+    """Kept contexts (~20 MB each after ten turns) of conversations that had ended stayed until
+    the bound (128 MiB) pushed them out: the soak's RSS rose and fell by that much."""
+    system = Message("system", config.llm.system_prompt)
+    contexts = models.llm._contexts
+    ended = [system, Message("user", "What is the capital of Italy?")]
+    ended.append(Message("assistant", await asyncio.wait_for(_collect(models.llm.stream(ended)), 30)))
+    other = [system, Message("user", "What is the capital of Spain?")]
+    await asyncio.wait_for(_collect(models.llm.stream(other)), 30)  # the first is kept aside
+    assert any(k.messages[1] == ended[1].as_dict() for k in contexts._kept)
+
+    models.llm.forget(ended)
+    await models.llm._worker.run(lambda: None, BACKGROUND)  # in line after the forgetting
+    assert not any(k.messages[1] == ended[1].as_dict() for k in contexts._kept)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import logging
 import threading
 import time
 import weakref
@@ -18,6 +19,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 CRITICAL = 0  # final transcripts, replies' first audio
 FOLLOW_UP = 1  # the rest of a reply's speech: it plays for seconds, a new reply's first chunk goes first
@@ -37,7 +40,7 @@ class PriorityWorker:
     def __init__(self, name: str, max_pending: int = 256) -> None:
         self.name = name
         self._max_pending = max_pending
-        self._heap: list[tuple[int, int, Callable[[], Any], asyncio.Future[Any]]] = []
+        self._heap: list[tuple[int, int, Callable[[], Any], asyncio.Future[Any] | None]] = []
         self._order = itertools.count()
         self._ready = threading.Condition()
         self._closed = False
@@ -60,6 +63,14 @@ class PriorityWorker:
             self._ready.notify()
         return await future
 
+    def post(self, fn: Callable[[], object], priority: int = BACKGROUND) -> None:
+        """Run `fn` on the worker thread in its turn; nobody waits for it (an error is logged)."""
+        with self._ready:
+            if self._closed or len(self._heap) >= self._max_pending:
+                return  # housekeeping: skipping it loses nothing that matters
+            heapq.heappush(self._heap, (priority, next(self._order), fn, None))
+            self._ready.notify()
+
     def progressed(self) -> None:
         """From inside a long job (a reply, token by token): the model is not stuck."""
         self.last_progress = time.monotonic()
@@ -73,7 +84,8 @@ class PriorityWorker:
             dropped, self._heap = self._heap, []
             self._ready.notify()
         for _, _, _, future in dropped:
-            _resolve(future, None, RuntimeError(f"{self.name} worker is closed"))
+            if future is not None:
+                _resolve(future, None, RuntimeError(f"{self.name} worker is closed"))
         if threading.current_thread() is not self._thread:
             self._thread.join(grace)
         return not self._thread.is_alive()
@@ -86,15 +98,19 @@ class PriorityWorker:
                 if self._closed and not self._heap:
                     return
                 _, _, fn, future = heapq.heappop(self._heap)
-            if future.cancelled():
+            if future is not None and future.cancelled():
                 continue
             self.busy = True
             try:
                 result = fn()
             except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
-                _resolve(future, None, e)
+                if future is None:
+                    log.error("%s worker: a posted job failed", self.name, exc_info=e)
+                else:
+                    _resolve(future, None, e)
             else:
-                _resolve(future, result, None)
+                if future is not None:
+                    _resolve(future, result, None)
             finally:
                 self.busy = False
                 self.last_progress = time.monotonic()

@@ -431,6 +431,7 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.sink.clear_queue()
+        self.models.llm.forget(self.history.messages())
 
 
 def _cancelling() -> bool:

@@ -31,6 +31,11 @@ class LLMEngine(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
+    def forget(self, messages: list[Message]) -> None:
+        """The conversation that got as far as `messages` is over: drop what the engine keeps
+        for it (llama.cpp: its saved context). Never blocks."""
+        ...
+
     @property
     def last_progress(self) -> float:
         """time.monotonic() of the last token or finished request, any session's: stage timeouts

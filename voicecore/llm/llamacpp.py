@@ -36,7 +36,7 @@ from voicecore.config import LlmConfig
 from voicecore.errors import ConfigError
 from voicecore.llm.base import Message
 from voicecore.models import bundled_gguf
-from voicecore.scheduling import CRITICAL, PriorityWorker, busy_besides
+from voicecore.scheduling import BACKGROUND, CRITICAL, PriorityWorker, busy_besides
 
 _DONE = object()
 SAVED_CONTEXTS_BYTES = 128 << 20  # KV cells kept for conversations switched away from
@@ -74,6 +74,10 @@ class LlamaCppEngine:
 
     def count_tokens(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def forget(self, messages: list[Message]) -> None:
+        history = [m.as_dict() for m in messages]
+        self._worker.post(lambda: self._contexts.forget(history), BACKGROUND)
 
     async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
@@ -184,6 +188,14 @@ class Contexts:
             self._restore(best)
             self.switches += 1
 
+    def forget(self, history: list[dict[str, str]]) -> None:
+        """Drop the contexts kept for the conversation that ended with `history`: each holds a
+        prompt that `history` begins with, and the reply to it. Kept ones are otherwise let go
+        only when the bound is reached, so ended conversations held up to SAVED_CONTEXTS_BYTES."""
+        self._kept = [k for k in self._kept if not _ends_in(k.messages, history)]
+        if _ends_in(self._holds, history):
+            self._holds = self._holds[:1]  # the system prompt is all worth keeping in place
+
     def _keep(self) -> None:
         import llama_cpp
 
@@ -218,3 +230,9 @@ def _shared(a: list[dict[str, str]], b: list[dict[str, str]]) -> int:
             break
         n += 1
     return n
+
+
+def _ends_in(kept: list[dict[str, str]], history: list[dict[str, str]]) -> bool:
+    """`kept` (a prompt and its reply) is an earlier state of the conversation `history`."""
+    prompt = kept[:-1]
+    return len(prompt) > 1 and history[: len(prompt)] == prompt

@@ -52,6 +52,9 @@ class VllmEngine:
             self._tokenizer = AutoTokenizer.from_pretrained(self.config.model)
         return self._tokenizer
 
+    def forget(self, messages: list[Message]) -> None:
+        pass  # vLLM's prefix cache evicts by itself
+
     def count_tokens(self, text: str) -> int:
         return len(self._get_tokenizer().encode(text, add_special_tokens=False))
 
