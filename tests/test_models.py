@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import numpy as np
-import pytest
 from helpers import join, transcribe, words
 
 from voicecore import AudioFrame, Message, Models
-from voicecore.scheduling import BACKGROUND, PriorityWorker
+from voicecore.scheduling import BACKGROUND
 from voicecore.turn.vad import VadStream
 
 
@@ -140,35 +138,6 @@ async def test_tts_gives_back_the_memory_a_long_sentence_took(models):
     for _ in range(2):
         await models.tts.synthesize(sentence, first=False)
     assert _rss_mib() - before < 40, f"RSS {before:.0f} -> {_rss_mib():.0f} MiB"
-
-
-async def test_llm_generates_on_every_core_only_while_no_other_model_computes(models, config):
-    """ggml's threads spin at barriers: sharing a core with Whisper or Piper made replies take
-    seconds, while alone a thread more is ~40 % faster per token."""
-
-    llm = models.llm
-    if llm._threads_alone == llm._threads_sharing:
-        pytest.skip("one core: nothing to switch")
-    prompt = [Message("system", config.llm.system_prompt), Message("user", "Count from one to ten.")]
-    await asyncio.wait_for(_collect(llm.stream(prompt)), timeout=30)
-    assert llm._threads == llm._threads_alone
-    other, loop = PriorityWorker("other"), asyncio.get_running_loop()
-    started, done = asyncio.Event(), threading.Event()
-
-    def compute() -> None:  # another model, busy for as long as the reply takes
-        loop.call_soon_threadsafe(started.set)
-        done.wait(60)
-
-    busy = asyncio.ensure_future(other.run(compute))
-    await started.wait()
-    try:
-        colours = [prompt[0], Message("user", "Name three colours.")]
-        await asyncio.wait_for(_collect(llm.stream(colours)), 30)
-        assert llm._threads == llm._threads_sharing
-    finally:
-        done.set()
-        await busy
-        other.close()
 
 
 async def test_llm_lets_go_of_the_context_of_a_conversation_that_ended(models, config):

@@ -77,7 +77,7 @@ class LlmConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     repeat_penalty: float = 1.1
-    threads: int = 0  # generation threads; 0 = every core, one fewer while STT or TTS computes
+    threads: int = 0  # llama.cpp threads for generation; 0 = one fewer than the cores
     gpu_memory_utilization: float = 0.5  # vLLM only
 
 

@@ -14,7 +14,6 @@ import itertools
 import logging
 import threading
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -28,13 +27,6 @@ BACKGROUND = 2  # interim transcripts
 
 CLOSE_GRACE = 2.0  # seconds a closing worker gives the call in progress
 
-_workers: weakref.WeakSet[PriorityWorker] = weakref.WeakSet()  # every model's, in this process
-
-
-def busy_besides(worker: PriorityWorker) -> bool:
-    """Another model of this process is computing now (so it wants CPU cores too)."""
-    return any(other.busy for other in list(_workers) if other is not worker)
-
 
 class PriorityWorker:
     def __init__(self, name: str, max_pending: int = 256) -> None:
@@ -45,8 +37,6 @@ class PriorityWorker:
         self._ready = threading.Condition()
         self._closed = False
         self.last_progress = time.monotonic()  # a job ended, or told of a step (a token)
-        self.busy = False  # a job is running
-        _workers.add(self)
         self._thread = threading.Thread(target=self._run, name=f"voicecore-{name}", daemon=True)
         self._thread.start()
 
@@ -100,7 +90,6 @@ class PriorityWorker:
                 _, _, fn, future = heapq.heappop(self._heap)
             if future is not None and future.cancelled():
                 continue
-            self.busy = True
             try:
                 result = fn()
             except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
@@ -112,7 +101,6 @@ class PriorityWorker:
                 if future is not None:
                     _resolve(future, result, None)
             finally:
-                self.busy = False
                 self.last_progress = time.monotonic()
 
 
