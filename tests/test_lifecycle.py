@@ -183,18 +183,28 @@ async def test_a_burst_of_rooms_above_capacity_is_refused_and_the_accepted_ones_
     questions = {accepted[0]: ("What is the capital of France?", "paris"),
                  accepted[1]: ("What is the capital of Japan?", "tokyo")}  # fmt: skip
 
-    async def ask(room: str) -> str:
+    async def ask(room: str) -> list[str]:
+        """The answers to the room's question, asked a second time only if the first missed.
+
+        A person asks again when the answer is about something else; so does this test: once in
+        ~20 CI runs Whisper tiny, with two conversations on the box, heard "capital of friends".
+        Each room must still answer right within two tries: a broken conversation fails both."""
         caller = callers(f"person-{room}")
         await asyncio.wait_for(caller.join(livekit_server.creds, room), 15)
-        await poll(partial(listening, caller), 20)
-        await asyncio.sleep(0.5)
-        await caller.speak(say(questions[room][0]))
-        await reply_done(caller, finals=1, within=60)
-        return caller.agent_finals()[-1].text
+        answers: list[str] = []
+        for attempt in (1, 2):
+            await poll(partial(listening, caller), 20)
+            await asyncio.sleep(0.5)
+            await caller.speak(say(questions[room][0]))
+            await reply_done(caller, finals=attempt, within=60)
+            answers.append(caller.agent_finals()[-1].text)
+            if questions[room][1] in words(answers[-1]):
+                break
+        return answers
 
     for room in accepted:  # one after the other: two at once is the benchmark's business
-        answer = await ask(room)
-        assert questions[room][1] in words(answer), (room, answer, serve.output()[-3000:])
+        answers = await ask(room)
+        assert questions[room][1] in words(answers[-1]), (room, answers, serve.output()[-3000:])
     code = await serve.stop(signal.SIGTERM)
     assert code == 0, serve.output()[-3000:]
     _clean(serve.output())
