@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 
 import numpy as np
 from helpers import join, transcribe, words
@@ -138,6 +139,32 @@ async def test_tts_gives_back_the_memory_a_long_sentence_took(models):
     for _ in range(2):
         await models.tts.synthesize(sentence, first=False)
     assert _rss_mib() - before < 40, f"RSS {before:.0f} -> {_rss_mib():.0f} MiB"
+
+
+def _malloc_in_use_mib() -> float:
+    """Bytes the C heap has handed out (glibc mallinfo2): native allocations, Python's included."""
+
+    class MallInfo2(ctypes.Structure):
+        names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+        _fields_ = [(name, ctypes.c_size_t) for name in names.split()]
+
+    mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    mallinfo2.restype = MallInfo2
+    info = mallinfo2()
+    return (info.uordblks + info.hblkhd) / 2**20
+
+
+async def test_stt_memory_does_not_grow_with_each_new_utterance_length(models, say):
+    """oneDNN builds and keeps a convolution for each input shape Whisper's encoder sees (~0.5 MiB
+    each, up to 1024): a server's memory grew with every utterance of a length not heard before
+    (~1 MiB a room in the soak) until the encoder's input was padded to whole seconds."""
+    speech = say("What is the capital of France? Tell me now please.").to_float()
+    await models.stt.transcribe(speech, final=True)
+    before = _malloc_in_use_mib()
+    for n in range(30):  # 30 lengths no other test uses: 1.0 s to 2.45 s, 50 ms apart, odd samples
+        await models.stt.transcribe(speech[: 16_000 + n * 800 + 7], final=True)
+    grown = _malloc_in_use_mib() - before
+    assert grown < 5, f"the C heap grew {grown:.1f} MiB over 30 utterance lengths"
 
 
 async def test_llm_lets_go_of_the_context_of_a_conversation_that_ended(models, config):

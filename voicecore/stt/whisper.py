@@ -107,8 +107,12 @@ class WhisperSTT:
                 language=self.config.language or "en",
             )
         tokenizer = self._tokenizer
-        padded = np.concatenate([audio, np.zeros(int(PAD_SECONDS * SAMPLE_RATE), np.float32)])
-        seconds = math.ceil(len(padded) / SAMPLE_RATE)
+        # Padded to a whole second: the encoder's input shape is one of ~30, not one per
+        # utterance. oneDNN builds and caches a convolution for each shape it sees (~0.5 MiB
+        # each, up to 1024 of them): a server's memory grew with every new utterance length.
+        seconds = math.ceil(len(audio) / SAMPLE_RATE + PAD_SECONDS)
+        padded = np.zeros(seconds * SAMPLE_RATE, np.float32)
+        padded[: len(audio)] = audio
         features = model.feature_extractor(padded, chunk_length=seconds)
         frames = features.shape[-1] - features.shape[-1] % 2  # the encoder's conv has stride 2
         encoder_input = ctranslate2.StorageView.from_array(
