@@ -8,7 +8,7 @@ import ctypes
 import numpy as np
 from helpers import join, transcribe, words
 
-from voicecore import AudioFrame, Message, Models
+from voicecore import AudioFrame, Message, Models, memory
 from voicecore.scheduling import BACKGROUND
 from voicecore.turn.vad import VadStream
 
@@ -141,16 +141,17 @@ async def test_tts_gives_back_the_memory_a_long_sentence_took(models):
     assert _rss_mib() - before < 40, f"RSS {before:.0f} -> {_rss_mib():.0f} MiB"
 
 
+class _MallInfo2(ctypes.Structure):
+    names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+    _fields_ = [(name, ctypes.c_size_t) for name in names.split()]
+
+
 def _malloc_in_use_mib() -> float:
     """Bytes the C heap has handed out (glibc mallinfo2): native allocations, Python's included."""
-
-    class MallInfo2(ctypes.Structure):
-        names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
-        _fields_ = [(name, ctypes.c_size_t) for name in names.split()]
-
-    mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
-    mallinfo2.restype = MallInfo2
-    info = mallinfo2()
+    libc = memory._glibc()  # the C library the serving process tunes its heap through
+    assert libc is not None, "these memory checks need glibc"
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
     return (info.uordblks + info.hblkhd) / 2**20
 
 
