@@ -82,6 +82,11 @@ class Sample:
     client_rss_mib: float
     livekit_rss_mib: float
     load1: float  # the machine's 1-minute load average: on a shared machine, what else ran
+    huge_mib: float = 0.0  # of the agent's RSS, transparent huge pages (khugepaged fills them)
+    # The agent's C heap from /metrics (voicecore_heap_bytes): a leak grows in_use, fragmentation free
+    heap_in_use_mib: float | None = None
+    heap_free_mib: float | None = None
+    heap_mapped_mib: float | None = None
 
 
 @dataclass
@@ -148,8 +153,18 @@ def sample_tree(t: float, agent: psutil.Process, client: psutil.Process, livekit
         cpu += times.user + times.system
     return Sample(
         round(t, 1), _mib(rss), _mib(shared), _mib(pss), round(cpu, 2), threads, fds, count,
-        _mib(_rss(client)), _mib(_rss(livekit)), round(os.getloadavg()[0], 2),
+        _mib(_rss(client)), _mib(_rss(livekit)), round(os.getloadavg()[0], 2), _mib(_huge_pages(agent)),
     )  # fmt: skip
+
+
+def _huge_pages(proc: psutil.Process) -> int:
+    """AnonHugePages of /proc/PID/smaps_rollup, in bytes (0 where the kernel does not say)."""
+    try:
+        text = Path(f"/proc/{proc.pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    found = re.search(r"^AnonHugePages:\s+(\d+) kB", text, re.M)
+    return int(found.group(1)) * 1024 if found else 0
 
 
 def _rss(proc: psutil.Process) -> int:
@@ -163,10 +178,20 @@ def _mib(size: int) -> float:
     return round(size / 2**20, 1)
 
 
-async def sample_forever(soak: Soak, agent: psutil.Process, livekit: psutil.Process, every: float) -> None:
+async def sample_forever(
+    soak: Soak, agent: psutil.Process, livekit: psutil.Process, url: str, every: float
+) -> None:
     client = psutil.Process()
     while True:
-        soak.samples.append(await asyncio.to_thread(sample_tree, soak.elapsed(), agent, client, livekit))
+        sample = await asyncio.to_thread(sample_tree, soak.elapsed(), agent, client, livekit)
+        try:
+            metrics = await read_metrics(url)
+        except Exception:  # noqa: BLE001 - a missed reading, not an error of the agent's
+            metrics = {}
+        for kind in ("in_use", "free", "mapped"):
+            if (value := metrics.get(f'voicecore_heap_bytes{{kind="{kind}"}}')) is not None:
+                setattr(sample, f"heap_{kind}_mib", _mib(int(value)))
+        soak.samples.append(sample)
         await asyncio.sleep(every)
 
 
@@ -421,10 +446,13 @@ def write_markdown(doc: dict[str, Any], out_dir: Path, plot: str | None) -> Path
         "",
         "`voicecore serve` at the end of each period: RSS (and the part of it backed by files: mapped "
         "model files and libraries), PSS, CPU, threads and open files (its children would count); "
-        "the turns asked in the period, their p50 client latency, and the machine's load average.",
+        "the turns asked in the period, their p50 client latency, and the machine's load average. "
+        "Heap: the agent's C heap (`voicecore_heap_bytes`), in use / held free by the allocator; "
+        "huge: of the RSS, transparent huge pages.",
         "",
-        "| minute | RSS MiB | file-backed | PSS MiB | CPU cores | threads | fds | turns | p50 ms | load |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| minute | RSS MiB | file-backed | PSS MiB | heap in use / free | huge | CPU cores | threads | fds "
+        "| turns | p50 ms | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *_minute_rows(doc),
     ]
     if doc["errors"]["agent_log"] or doc["errors"]["client"]:
@@ -460,8 +488,12 @@ def _minute_rows(doc: dict[str, Any]) -> list[str]:
         here = [t for t in doc["turns"] if (minute - step) * 60 <= t["t"] < minute * 60]
         lat = [t["latency_ms"] for t in here if t["latency_ms"] is not None]
         p50 = f"{np.percentile(lat, 50):.0f}" if lat else "-"
+        heap = "-"
+        if last.heap_in_use_mib is not None:
+            heap = f"{last.heap_in_use_mib:.0f} / {last.heap_free_mib:.0f}"
         rows.append(
-            f"| {minute} | {last.rss_mib:.0f} | {last.file_mib:.0f} | {last.pss_mib:.0f} | {cores:.2f} "
+            f"| {minute} | {last.rss_mib:.0f} | {last.file_mib:.0f} | {last.pss_mib:.0f} | {heap} "
+            f"| {last.huge_mib:.0f} | {cores:.2f} "
             f"| {last.threads} | {last.fds} | {len(here)} | {p50} | {last.load1:.1f} |"
         )
         prev = last
@@ -571,7 +603,7 @@ async def main(args: argparse.Namespace) -> bool:
         bench = Bench(server.creds, system, say, f"soak{stamp.lower()}")
         agent, livekit = psutil.Process(agent_proc.pid), psutil.Process(server.proc.pid)
         tasks = [
-            asyncio.create_task(sample_forever(soak, agent, livekit, args.sample_every)),
+            asyncio.create_task(sample_forever(soak, agent, livekit, url, args.sample_every)),
             asyncio.create_task(progress(soak, url, say)),
         ]
         await asyncio.gather(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 
 import numpy as np
 from helpers import join, transcribe, words
@@ -141,18 +140,11 @@ async def test_tts_gives_back_the_memory_a_long_sentence_took(models):
     assert _rss_mib() - before < 40, f"RSS {before:.0f} -> {_rss_mib():.0f} MiB"
 
 
-class _MallInfo2(ctypes.Structure):
-    names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
-    _fields_ = [(name, ctypes.c_size_t) for name in names.split()]
-
-
 def _malloc_in_use_mib() -> float:
     """Bytes the C heap has handed out (glibc mallinfo2): native allocations, Python's included."""
-    libc = memory._glibc()  # the C library the serving process tunes its heap through
-    assert libc is not None, "these memory checks need glibc"
-    libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
-    return (info.uordblks + info.hblkhd) / 2**20
+    heap = memory.heap_stats()  # through the C library the serving process tunes its heap with
+    assert heap is not None, "these memory checks need glibc"
+    return (heap.in_use + heap.mapped) / 2**20
 
 
 async def test_stt_memory_does_not_grow_with_each_new_utterance_length(models, say):

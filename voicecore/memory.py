@@ -16,11 +16,28 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from dataclasses import dataclass
 from functools import cache
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter numbers
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 256 << 10  # blocks this big or bigger get pages of their own, returned when freed
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    ]
+
+
+@dataclass(frozen=True)
+class HeapStats:
+    """The C heap (every native allocation, Python's objects included) in bytes."""
+
+    in_use: int  # handed out from the arenas
+    free: int  # held by the arenas, unused: fragmentation, or trimmable
+    mapped: int  # big blocks with pages of their own (returned when freed)
 
 
 @cache
@@ -47,3 +64,13 @@ def trim() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def heap_stats() -> HeapStats | None:
+    """glibc's mallinfo2 (walks the arenas' free lists: well under a millisecond); None elsewhere."""
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return HeapStats(in_use=info.uordblks, free=info.fordblks, mapped=info.hblkhd)

@@ -11,9 +11,14 @@ several can live in one process.
     voicecore_turns_total                        counter: turns over (answered or interrupted)
     voicecore_interruptions_total                counter: turns the person talked over (barge-in)
     voicecore_errors_total{stage}                counter: failures the conversation survived
+    voicecore_heap_bytes{kind}                   gauge: the C heap (glibc): in_use, free, mapped
+
+The process_* series (RSS, CPU, open files) come with them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,7 +29,10 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from voicecore import memory
 from voicecore.metrics import STAGES, TurnRecord
 from voicecore.rtc.observer import Observer
 
@@ -32,6 +40,25 @@ from voicecore.rtc.observer import Observer
 LATENCY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
                    1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)  # fmt: skip
 ERROR_STAGES = ("stt", "llm", "tts", "room", "job", "send")
+
+
+class HeapCollector(Collector):
+    """Where the RSS goes: bytes in use (a leak grows these) against bytes the allocator holds
+    free (fragmentation grows these), read at each scrape. Nothing outside glibc."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        heap = memory.heap_stats()
+        if heap is None:
+            return
+        family = GaugeMetricFamily(
+            "voicecore_heap_bytes",
+            "The C heap (glibc mallinfo2): in_use = allocated from the arenas, free = held by "
+            "them unused, mapped = big blocks with pages of their own",
+            labels=["kind"],
+        )
+        for kind in ("in_use", "free", "mapped"):
+            family.add_metric([kind], getattr(heap, kind))
+        yield family
 
 
 class Telemetry(Observer):
@@ -67,6 +94,7 @@ class Telemetry(Observer):
         for stage in ERROR_STAGES:
             self.errors.labels(stage)
         ProcessCollector(registry=reg)
+        reg.register(HeapCollector())
 
     # -- Observer ---------------------------------------------------------------------------------
     def on_room_joined(self, room: str) -> None:
