@@ -311,6 +311,34 @@ async def test_a_worker_keeps_no_thread_for_the_rooms_it_has_left(
         gc.enable()
 
 
+def alive(kind: type) -> int:
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, kind))
+
+
+async def test_a_room_the_worker_has_left_is_freed_at_once(
+    livekit_server: LiveKitServer, worker: DispatchWorker, callers, request
+):
+    """A room's objects refer to each other (tasks, callbacks, futures), so only Python's full
+    collection frees them, and in a long-running server that ran about once in 25 minutes: the
+    soak's C heap in use grew 41 MiB and then fell by 27 MiB at once. The worker collects as each
+    room closes; the collector's own schedule is kept out of it here."""
+    room = _room_name(request)
+    gc.disable()
+    try:
+        await dispatch(livekit_server, worker.agent_name, room)
+        caller = callers("erin")
+        await asyncio.wait_for(caller.join(livekit_server.creds, room), 15)
+        await poll(partial(listening, caller), 15)
+        assert alive(AgentRoom) == 1
+        await caller.leave()
+        await poll(lambda: not worker.jobs, 15)
+        with contextlib.suppress(TimeoutError):
+            await poll(lambda: alive(AgentRoom) == 0, 10)
+        assert alive(AgentRoom) == 0, "the room the worker left is still in memory"
+    finally:
+        gc.enable()
+
+
 async def test_worker_registers_again_after_a_server_restart(
     livekit_server: LiveKitServer, worker: DispatchWorker, callers, request
 ):

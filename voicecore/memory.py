@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -64,6 +65,25 @@ def trim() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def release() -> int:
+    """After a room has closed: collect the garbage it left and hand the freed pages back; the
+    count of objects collected. A room's objects refer to each other (tasks, callbacks, futures),
+    so reference counting alone does not free them, and Python's full collection, which does,
+    runs by itself only once enough objects have outlived the younger generations: in the soak
+    the C heap in use grew 41 MiB in 25 minutes, then fell by 27 MiB at once when one ran. It
+    holds the GIL while it runs (8-27 ms a room in the soak, start-up objects frozen: `freeze`)."""
+    found = gc.collect()
+    trim()
+    return found
+
+
+def freeze() -> None:
+    """Move everything alive now (modules, models, settings: there for good) out of the garbage
+    collector's sight, so that its collections walk only what rooms have made since."""
+    gc.collect()
+    gc.freeze()
 
 
 def heap_stats() -> HeapStats | None:

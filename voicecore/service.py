@@ -18,6 +18,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from voicecore import memory
 from voicecore.config import Config
 from voicecore.errors import ConfigError
 from voicecore.pipeline import Models
@@ -110,6 +111,7 @@ async def run(
         models = await asyncio.to_thread(load_models)
         try:
             await models.warm_up(config.llm.system_prompt)
+            memory.freeze()  # what lives now lives for good: rooms' collections skip it
             readiness.models_ready = True
             if web is not None:
                 notify(f"ready: talk to the agent at {page}")

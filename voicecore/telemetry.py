@@ -13,7 +13,8 @@ several can live in one process.
     voicecore_errors_total{stage}                counter: failures the conversation survived
     voicecore_heap_bytes{kind}                   gauge: the C heap (glibc): in_use, free, mapped
 
-The process_* series (RSS, CPU, open files) come with them.
+The process_* series (RSS, CPU, open files) and python_gc_* (collections by generation) come
+with them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     ProcessCollector,
     generate_latest,
@@ -94,6 +96,7 @@ class Telemetry(Observer):
         for stage in ERROR_STAGES:
             self.errors.labels(stage)
         ProcessCollector(registry=reg)
+        GCCollector(registry=reg)
         reg.register(HeapCollector())
 
     # -- Observer ---------------------------------------------------------------------------------

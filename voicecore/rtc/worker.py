@@ -381,11 +381,17 @@ class DispatchWorker:
             if agent is not None:
                 await agent.aclose()
                 self.notify(f"left room {job.room}")
-                await asyncio.to_thread(memory.trim)  # what the room freed goes back to the OS
             self.jobs.pop(job.id, None)
+            job.agent = agent = None  # nothing of the room is referenced from here on
             self.conversations.served.discard(job.room)
             await self._send_job_status(job, status, error)
             await self._send_status()
+            began = time.perf_counter()
+            collected = await asyncio.to_thread(memory.release)  # what the room left goes back to the OS
+            log.info(
+                "agent worker: room %s let go of (%d objects collected, %.0f ms)",
+                job.room, collected, (time.perf_counter() - began) * 1000,
+            )  # fmt: skip
 
     async def _send_job_status(self, job: Job, status: int, error: str = "") -> None:
         update = proto.UpdateJobStatus(job_id=job.id, status=status, error=error)  # type: ignore[arg-type]
