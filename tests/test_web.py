@@ -281,6 +281,26 @@ def test_metrics_count_turns_latencies_sessions_and_errors():
     assert _samples(telemetry.render()[0].decode())["voicecore_active_sessions"] == 0
 
 
+def test_metrics_show_the_c_heap_an_operator_tells_a_leak_by():
+    """voicecore_heap_bytes{kind="in_use"} follows what is allocated: 64 MiB in 100 kB blocks
+    (the size a leaked audio buffer has) shows up, and goes once freed."""
+
+    def heap() -> dict[str, float]:
+        text = Telemetry().render()[0].decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        assert "python_gc_collections" in families  # collections by generation, beside it
+        return {s.labels["kind"]: s.value for s in families["voicecore_heap_bytes"].samples}
+
+    before = heap()
+    blocks = [bytearray(100_000) for _ in range(671)]
+    grown = heap()["in_use"] - before["in_use"]
+    del blocks
+    after = heap()
+    assert 60 * 2**20 < grown < 80 * 2**20, f"in use grew {grown / 2**20:.1f} MiB for 64 MiB held"
+    assert after["in_use"] - before["in_use"] < 8 * 2**20
+    assert set(after) == {"in_use", "free", "mapped"}
+
+
 async def test_metrics_endpoint_serves_prometheus_text(livekit_server: LiveKitServer, start_api: StartApi):
     api = await start_api(livekit_server.creds, dev=True)
     api.telemetry.on_turn("r", "ada", TurnRecord(turn=1, speech_end=1.0, first_frame_out=1.6))

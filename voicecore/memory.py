@@ -87,7 +87,8 @@ def freeze() -> None:
 
 
 def heap_stats() -> HeapStats | None:
-    """glibc's mallinfo2 (walks the arenas' free lists: well under a millisecond); None elsewhere."""
+    """glibc's mallinfo2; None elsewhere. It walks the arenas' free lists: ~0.1 ms for the few
+    MiB free that `serve` holds, ~5 ms for a heap fragmented into 150,000 free blocks."""
     libc = _glibc()
     if libc is None or not hasattr(libc, "mallinfo2"):
         return None

@@ -55,7 +55,8 @@ class HeapCollector(Collector):
         family = GaugeMetricFamily(
             "voicecore_heap_bytes",
             "The C heap (glibc mallinfo2): in_use = allocated from the arenas, free = held by "
-            "them unused, mapped = big blocks with pages of their own",
+            "them unused, mapped = big blocks with pages of their own (their whole size, "
+            "touched or not: llama.cpp's buffers make it far more than the RSS)",
             labels=["kind"],
         )
         for kind in ("in_use", "free", "mapped"):
