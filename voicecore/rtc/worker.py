@@ -389,7 +389,7 @@ class DispatchWorker:
             began = time.perf_counter()
             collected = await asyncio.to_thread(memory.release)  # what the room left goes back to the OS
             log.info(
-                "agent worker: room %s let go of (%d objects collected, %.0f ms)",
+                "agent worker: room %s released: %d objects collected in %.0f ms",
                 job.room, collected, (time.perf_counter() - began) * 1000,
             )  # fmt: skip
 
