@@ -19,10 +19,10 @@ def stream(chunker: SentenceChunker, text: str) -> list[str]:
 def test_first_chunk_is_a_clause_later_ones_sentences():
     chunks = stream(
         SentenceChunker(first_min_words=3, min_words=8),
-        "The capital of France is Paris, a city on the Seine. It has about two million people, "
+        "Paris is the capital of France, a city on the Seine. It has about two million people, "
         "and many museums. Dr. Smith lives at 3.5 Main St. too!",
     )
-    assert chunks[0] == "The capital of France is Paris,"
+    assert chunks[0] == "Paris is the capital of France,"
     assert chunks[1] == "a city on the Seine."
     assert "Dr. Smith lives at 3.5 Main St. too!" in chunks  # no cut after Dr. or inside 3.5
 
@@ -32,7 +32,14 @@ def test_a_long_first_sentence_is_cut_at_a_phrase_boundary():
         SentenceChunker(first_min_words=3, min_words=8),
         "The original play by William Shakespeare was written in the sixteenth century.",
     )
-    assert chunks == ["The original play by William Shakespeare was written", "in the sixteenth century."]
+    assert chunks == ["The original play by William Shakespeare", "was written in the sixteenth century."]
+    # A long subject is spoken while the LLM writes the rest; a short one is not cut.
+    capital = stream(SentenceChunker(), "The capital of France is Paris.")
+    assert capital == ["The capital of France", "is Paris."]
+    assert stream(SentenceChunker(), "The sky is blue. Bees make honey from nectar.") == [
+        "The sky is blue.",
+        "Bees make honey from nectar.",
+    ]
 
 
 def test_markup_and_unspeakable_pieces_are_skipped():

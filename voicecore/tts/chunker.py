@@ -1,7 +1,7 @@
 """Cuts a streaming LLM reply into speakable chunks.
 
-The first chunk ends at the first clause boundary after a few words, so the first audio starts
-after "The capital of France is Paris," rather than after the whole reply; later chunks are whole
+The first chunk ends at the first clause or phrase boundary after a few words, so the first audio
+starts after "The capital of France" rather than after the whole reply; later chunks are whole
 sentences (or long clauses), which Piper prosodies better.
 """
 
@@ -15,11 +15,15 @@ CLAUSE_END = ",;:—"
 ABBREVIATIONS = frozenset("mr mrs ms dr prof st vs etc e.g i.e jr sr no".split())
 # A first sentence with no comma in sight is cut before one of these once it has a few words:
 # a phrase boundary where a speaker may breathe, so the first audio need not wait for the period.
+# "is/are/was/were" end a long subject ("The largest ocean on earth | is the Pacific Ocean."): the
+# most common first sentence of a short answer, and the one whose length was most of the latency
+# spread. Piper speaks the subject as an utterance of its own (its last word falls, ~0.15 s of
+# silence follows), as with every phrase cut.
 PHRASE_STARTS = frozenset(
     "and but or so because which that who where when while with without for from in on at "
-    "about after before during than like".split()
+    "about after before during than like is are was were".split()
 )
-FIRST_CHUNK_PHRASE_WORDS = 5
+FIRST_CHUNK_PHRASE_WORDS = 4
 # A run-on reply with no punctuation is still spoken in pieces Piper synthesises quickly.
 MAX_CHUNK_WORDS = 30
 # Text an LLM writes that is not meant to be heard: code blocks and reasoning. Held back until
