@@ -43,9 +43,17 @@ class Models:
 
 def load_models(config: Config) -> Models:
     """Load VAD, STT, LLM and TTS as `config` says (bundled small models by default)."""
+    from threadpoolctl import threadpool_limits
+
     from voicecore.stt.whisper import WhisperSTT
     from voicecore.tts.piper import PiperTTS
 
+    # numpy's BLAS (OpenBLAS) gets one thread. Its only work here is Whisper's mel filterbank
+    # (a few million multiply-adds), and after each call its worker thread spins for ~0.1 s
+    # waiting for more: on 2 cores that took a core from the LLM reading the prompt right after
+    # the final transcript (first token 110 ms after Whisper against 84 ms alone; 81 / 81 with one
+    # BLAS thread). Process-wide, as OpenBLAS's setting is.
+    threadpool_limits(limits=1, user_api="blas")
     vad = SileroVad(config.vad.model)
     stt = WhisperSTT(config.stt)
     llm: LLMEngine
