@@ -37,7 +37,7 @@ from voicecore.config import LlmConfig
 from voicecore.errors import ConfigError
 from voicecore.llm.base import Message
 from voicecore.models import bundled_gguf
-from voicecore.scheduling import BACKGROUND, CRITICAL, PriorityWorker
+from voicecore.scheduling import BACKGROUND, CRITICAL, FIRST_AUDIO, PriorityWorker
 
 _DONE = object()
 SAVED_CONTEXTS_BYTES = 128 << 20  # KV cells kept for conversations switched away from
@@ -110,6 +110,7 @@ class LlamaCppEngine:
                     if piece:
                         said.append(str(piece))
                         hand_over(piece)
+                    FIRST_AUDIO.wait()  # a reply's first audio being made goes first
             except Exception as e:  # handed to the consumer, raised there
                 hand_over(e)
             finally:

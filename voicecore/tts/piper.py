@@ -11,7 +11,7 @@ from voicecore.audio.frames import AudioFrame, float_to_int16
 from voicecore.config import TtsConfig
 from voicecore.errors import ConfigError
 from voicecore.models import bundled_piper_voice
-from voicecore.scheduling import CRITICAL, FOLLOW_UP, PriorityWorker
+from voicecore.scheduling import CRITICAL, FIRST_AUDIO, FOLLOW_UP, PriorityWorker
 
 
 class PiperTTS:
@@ -46,7 +46,14 @@ class PiperTTS:
         self._worker = PriorityWorker("tts")
 
     async def synthesize(self, text: str, *, first: bool = True) -> AudioFrame:
-        return await self._worker.run(lambda: self._speak(text), CRITICAL if first else FOLLOW_UP)
+        if not first:
+            return await self._worker.run(lambda: self._speak(text), FOLLOW_UP)
+
+        def speak_first() -> AudioFrame:
+            with FIRST_AUDIO.synthesising():  # the LLM waits between tokens meanwhile
+                return self._speak(text)
+
+        return await self._worker.run(speak_first, CRITICAL)
 
     def _speak(self, text: str) -> AudioFrame:
         parts = [c.audio_float_array for c in self._voice.synthesize(text, self._syn_config)]
