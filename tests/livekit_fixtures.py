@@ -172,6 +172,12 @@ class Caller:
         self.mic_sid = self.mic[1].sid
         self._tasks.append(asyncio.create_task(self._microphone()))
 
+    async def noticed(self, within: float = 15.0) -> None:
+        """Until the agent has subscribed to this caller's microphone: it knows they are here (its
+        `listening` state may come from before they joined)."""
+        assert self.mic is not None
+        await asyncio.wait_for(self.mic[1].wait_for_subscription(), within)
+
     async def leave(self) -> None:
         for task in self._tasks:
             task.cancel()

@@ -350,15 +350,16 @@ class AgentRoom:
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
         conversation = self.conversations.get(participant.identity)
-        if conversation is None or conversation.participant_sid != participant.sid:
-            return  # already replaced by the same person's new session
-        log.info("room %s: %s left", self.name, participant.identity)
-        self._end(conversation)
+        if conversation is not None and conversation.participant_sid == participant.sid:
+            log.info("room %s: %s left", self.name, participant.identity)
+            self._end(conversation)
+        # (no conversation: replaced by the same person's new session, who is still here, or
+        # someone who left before the agent had started one)
         people = [
             p for p in self.room.remote_participants.values()
             if is_person(p) and p.sid != participant.sid
         ]  # fmt: skip
-        if self.leave_when_empty and not people:
+        if self.leave_when_empty and is_person(participant) and not people:
             log.info("room %s: everyone left", self.name)
             self._left.set()
 

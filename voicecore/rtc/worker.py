@@ -72,6 +72,10 @@ ASSIGNMENT_TIMEOUT = 15.0  # the server gives up on an availability answer after
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 2.0  # a restarted server has the worker back within seconds
 LEAVE_TIMEOUT = 10.0  # per room, at shutdown
+# A room's last callbacks (the SDK's events for it, tasks finishing) may still hold it just after
+# it closes: collected at once, it sometimes survived (about one room in ten in the tests) and
+# waited for Python's next full collection. Rooms close rarely; the release waits this long.
+RELEASE_AFTER = 1.0
 
 
 GPU_CONVERSATIONS = 8  # default capacity with the vLLM engine: not measured here, set your own
@@ -386,6 +390,8 @@ class DispatchWorker:
             self.conversations.served.discard(job.room)
             await self._send_job_status(job, status, error)
             await self._send_status()
+            if not self._stopping:
+                await asyncio.sleep(RELEASE_AFTER)
             began = time.perf_counter()
             collected = await asyncio.to_thread(memory.release)  # what the room left goes back to the OS
             log.info(
