@@ -214,17 +214,22 @@ async def test_waiting_behind_other_conversations_is_not_a_hang(models, config, 
     yet the LLM is busy, not stuck: no apology, an answer."""
     config = copy.deepcopy(config)
     config.turn.stage_timeout = 1.5  # over the longest chunk Piper makes on a busy CPU (~1 s)
-    config.llm.max_tokens = 160  # the story takes ~3 s
     story = say("Tell me a long story about a dragon.")
     question = say("What is the capital of France?")
     storyteller, asker = Errors(), Errors()
-    # the question ends just after the story request: its first token waits for the whole story
+    # the question ends just after the story request: its first token waits for the whole story,
+    # 320 tokens (~5 s on this CPU), so that the wait is well over the timeout on a faster one too
     lead = 0.3 + story.duration - question.duration + 0.2
-    (_, _, _), (session, _, _) = await asyncio.gather(
-        converse(models, config, join(0.3, story), storyteller),
-        converse(models, config, join(lead, question), asker),
-    )
+    shared = models.llm.config
+    models.llm.config = replace(shared, max_tokens=320)
+    try:
+        (_, _, _), (session, _, _) = await asyncio.gather(
+            converse(models, config, join(0.3, story), storyteller),
+            converse(models, config, join(lead, question), asker),
+        )
+    finally:
+        models.llm.config = shared
     turn = session.records[0]
     assert storyteller.errors == [] and asker.errors == []
-    assert turn.llm_first_token - turn.stt_final > config.turn.stage_timeout  # it did wait that long
+    assert turn.llm_first_token - turn.stt_final > 2 * config.turn.stage_timeout  # it did wait that long
     assert "Paris" in turn.agent_text

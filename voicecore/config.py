@@ -61,7 +61,9 @@ class SttConfig:
     compute_type: str = "int8"
     language: str | None = "en"
     beam_size: int = 1
-    cpu_threads: int = 0  # 0 = CTranslate2's default
+    # One thread (0, CTranslate2's default, took both cores here): the LLM's prompt and Piper run beside the
+    # final transcript; talk bench p50/p90 452/512 ms against 483/574 with two on 2 cores.
+    cpu_threads: int = 1  # 0 = CTranslate2's default
     # Encode only the audio plus padding instead of Whisper's fixed 30 s window (a 5-10x saving
     # on CPU); guarded against the repetition loops a short context can produce.
     short_context: bool = True
