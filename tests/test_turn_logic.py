@@ -84,6 +84,9 @@ def test_a_question_that_stops_at_its_subject_is_not_complete():
     assert sounds_complete("How many legs does a spider have?")
     assert sounds_complete("What do you think?")
     assert sounds_complete("Who wrote the play?")
+    assert sounds_complete("What do these make?")  # a demonstrative can be the whole subject
+    assert sounds_complete("What do those cost?")
+    assert not sounds_complete("What does your dog?")
     assert sounds_complete("Why do birds sing?")
 
 

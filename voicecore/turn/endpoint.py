@@ -25,7 +25,10 @@ _TRAILING = re.compile(r"[\s\"')\]]+$")
 QUESTION_WORDS = frozenset("what which where when why how who whom whose".split())
 AUXILIARIES = frozenset("do does did can could will would should shall may might must".split())
 PRONOUNS = frozenset("i you we they he she it".split())
-DETERMINERS = frozenset("a an the my your his her our their its this that these those some".split())
+# Words that need a noun after them. Not "this/that/these/those": they stand alone as pronouns
+# ("What do these make?" is a whole question; Whisper heard "bees" so in one benchmark turn, and
+# the agent waited the long delay).
+DETERMINERS = frozenset("a an the my your our their its some".split())
 
 
 def sounds_complete(transcript: str) -> bool:
