@@ -393,7 +393,27 @@ def main() -> None:
         app()
     except VoicecoreError as e:  # pragma: no cover - commands catch their own
         print(f"voicecore: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _exit(2)
+    except SystemExit as e:  # every command ends here, with its exit status
+        _exit(e.code)
+
+
+def _exit(code: int | str | None) -> None:
+    """End the process with `code`. Once the LiveKit SDK is loaded (`serve`), past the
+    interpreter's shutdown: its native runtime sometimes panics while Python tears down its
+    objects ("panic in a function that cannot unwind", 1 run in ~20 of the LiveKit tests), and
+    a `serve` that drained and left every room cleanly would exit 134 instead of 0. By then the
+    rooms are left, the turn log fsync'd line by line and the local livekit-server stopped."""
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    status = int(code or 0)
+    if "livekit.rtc" not in sys.modules:
+        sys.exit(status)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":
