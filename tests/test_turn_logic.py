@@ -90,6 +90,17 @@ def test_a_question_that_stops_at_its_subject_is_not_complete():
     assert sounds_complete("Why do birds sing?")
 
 
+def test_a_question_may_end_on_a_verb_after_its_subject():
+    # "do", "mean", "is" usually promise more; after their subject, at a question mark, they close
+    assert sounds_complete("What does that mean?")
+    assert sounds_complete("What do you do?")
+    assert sounds_complete("Do you know who he is?")
+    assert not sounds_complete("I mean")
+    assert not sounds_complete("The capital of France is")
+    assert not sounds_complete("What is?")  # too short to have its subject
+    assert not sounds_complete("So what you mean")  # no question mark: the speaker may go on
+
+
 def test_endpoint_delay_is_long_until_words_are_known():
     cfg = TurnConfig()
     assert endpoint_delay(None, cfg) == cfg.max_endpoint_delay

@@ -25,6 +25,7 @@ _TRAILING = re.compile(r"[\s\"')\]]+$")
 QUESTION_WORDS = frozenset("what which where when why how who whom whose".split())
 AUXILIARIES = frozenset("do does did can could will would should shall may might must".split())
 PRONOUNS = frozenset("i you we they he she it".split())
+SUBJECTS = PRONOUNS | frozenset("that this these those".split())
 # Words that need a noun after them. Not "this/that/these/those": they stand alone as pronouns
 # ("What do these make?" is a whole question; Whisper heard "bees" so in one benchmark turn, and
 # the agent waited the long delay).
@@ -42,11 +43,21 @@ def sounds_complete(transcript: str) -> bool:
     if not words:
         return False
     last = words[-1]
-    if last in CONTINUATION_WORDS:
+    if last in CONTINUATION_WORDS and not ends_on_its_verb(words, text):
         return False
     if (last.isdigit() or last in NUMBER_WORDS) and not text.endswith(("?", "!")):
         return False  # likely in the middle of a phone number or an amount
     return not awaits_main_verb(text)
+
+
+# Verbs that end a question once their subject is said: "What does that mean?", "What do you
+# do?", "Do you know who he is?". Otherwise they promise more ("the capital is", "I mean").
+CLOSING_VERBS = frozenset("do does did mean is are was were am".split())
+
+
+def ends_on_its_verb(words: list[str], text: str) -> bool:
+    """A question (Whisper's "?") whose last word is a verb right after its pronoun subject."""
+    return text.endswith("?") and len(words) >= 3 and words[-1] in CLOSING_VERBS and words[-2] in SUBJECTS
 
 
 def awaits_main_verb(text: str) -> bool:
