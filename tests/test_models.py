@@ -25,11 +25,16 @@ def vad_events(models: Models, config, audio: AudioFrame) -> list[tuple[str, flo
 def test_vad_finds_speech_in_a_spoken_clip(models, config, say):
     speech = say("What is the capital of France?")
     events = vad_events(models, config, join(1.0, speech, 1.0))
-    kinds = [k for k, _ in events]
-    assert kinds == ["start", "end"]
-    start, end = events[0][1], events[1][1]
+    turn = [(k, t) for k, t in events if k in ("start", "end")]
+    assert [k for k, _ in turn] == ["start", "end"]
+    start, end = turn[0][1], turn[1][1]
     assert 0.9 <= start <= 1.2
     assert abs(end - (1.0 + speech.duration)) < 0.3
+    # a window before the end, its first quiet window was reported, at the same estimate
+    assert events[-2] == ("pause", end)
+    # any earlier pause was inside the speech, and speech resumed after it
+    inside = [k for k, _ in events[1:-2]]
+    assert inside == ["pause", "resume"] * (len(inside) // 2)
 
 
 def test_vad_finds_nothing_in_silence_or_steady_noise(models, config):

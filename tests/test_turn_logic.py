@@ -131,6 +131,22 @@ def test_machine_waits_the_long_delay_after_an_incomplete_phrase():
     assert actions == [Action.SPECULATE, Action.COMMIT]
 
 
+def test_speculation_starts_at_the_first_quiet_window_and_stops_if_speech_resumes():
+    m = TurnMachine(TurnConfig())
+    m.on_vad(VadEvent("start", 0))
+    m.on_vad(VadEvent("pause", 16000))  # one quiet window: maybe a stop consonant
+    assert [d.action for d in m.on_time(16000 + 512)] == [Action.SPECULATE]
+    assert [d.action for d in m.on_vad(VadEvent("resume", 16512))] == [Action.CANCEL_SPECULATION]
+    assert run(m, 16000 + 3200) == []  # speaking again: nothing until the next pause
+    m.on_vad(VadEvent("pause", 24000))
+    m.on_transcript("What is the capital of France?")
+    assert [d.action for d in m.on_time(24000 + 512)] == [Action.SPECULATE]
+    m.on_vad(VadEvent("end", 24000))  # the VAD is sure now: the same speculation goes on
+    assert m.speech_end == 24000
+    actions = [d.action for now in range(24000 + 1024, 24000 + 16000, 320) for d in m.on_time(now)]
+    assert actions == [Action.COMMIT]
+
+
 def test_barge_in_needs_min_interruption_of_speech():
     cfg = TurnConfig(min_interruption=0.2)
     m = TurnMachine(cfg)

@@ -40,7 +40,7 @@ class TurnConfig:
     min_endpoint_delay: float = 0.4
     max_endpoint_delay: float = 1.4
     speculation_delay: float = 0.0  # silence before the speculative STT -> LLM -> TTS start
-    # (0: as soon as the VAD reports the end of speech, itself min_silence_ms after it)
+    # (0: at the VAD's first quiet window, before it is sure of the end after min_silence_ms)
     # User speech over the agent longer than this barges in. With ~60 ms of network each way and
     # ~30 ms of VAD detection, 0.1 s stops the agent within 300 ms of the speech start as heard
     # at the client; Silero plus min_speech_ms already filter clicks and coughs.

@@ -51,6 +51,14 @@ class TurnMachine:
 
     # -- inputs -------------------------------------------------------------------------------
     def on_vad(self, event: VadEvent) -> list[Decision]:
+        if event.kind == "pause":
+            # Probably the end: speculate now, a window before the VAD is sure.
+            if self.state is TurnState.USER_SPEAKING:
+                self.state = TurnState.USER_PAUSED
+                self.speech_end = event.sample
+            return []
+        if event.kind == "resume":  # the pause was inside a word: the user goes on
+            return self._on_speech_start(event.sample) if self.state is TurnState.USER_PAUSED else []
         if event.kind == "start":
             self._user_speaking = True
             self._speech_onset = event.sample

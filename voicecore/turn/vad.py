@@ -66,7 +66,7 @@ class VadEvent:
     the last speech window: the estimated end of speech, not the moment the VAD noticed.
     """
 
-    kind: str  # "start" | "end"
+    kind: str  # "start" | "end", and between them "pause" (a first quiet window) | "resume"
     sample: int
 
 
@@ -126,14 +126,18 @@ class VadStream:
                 self._run = 0
             return None
         if p >= cfg.deactivation_threshold:
-            self._run = 0
+            paused, self._run = self._run > 0, 0
             if p >= cfg.activation_threshold:
                 # The estimated end of speech follows confident windows only: Silero's
                 # probability decays over a window or two after the last sound, and the
                 # endpoint delay is counted from this estimate.
                 self.last_speech_sample = self._processed
-            return None
+            return VadEvent("resume", window_start) if paused else None
         self._run += 1
+        if self._run == 1 and self._min_silence > 1:
+            # The first quiet window: maybe the end, maybe a stop consonant. Reported so that
+            # speculative work can start a window early ("resume" follows if speech goes on).
+            return VadEvent("pause", self.last_speech_sample)
         if self._run >= self._min_silence:
             self.speaking, self._run = False, 0
             return VadEvent("end", self.last_speech_sample)
