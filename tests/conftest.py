@@ -4,7 +4,6 @@ server, the people who join it and `voicecore serve` processes."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from serve_process import ServeProcess, ServeProcesses
 
 from voicecore import AudioFrame, Config, Models, load_config, load_models
 from voicecore.audio.resample import resample
+from voicecore.cli import exit_past_livekit
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
@@ -121,11 +121,9 @@ async def stacks_of_a_hung_test(request: pytest.FixtureRequest) -> AsyncIterator
         watchdog.cancel()
 
 
-# The LiveKit SDK's native runtime can panic while the interpreter shuts down (a tokio thread
-# calling back into Python that is being torn down: "panic in a function that cannot unwind",
-# about one run in twenty of tests/test_livekit.py, after every test had passed), which turns a
-# green run into an abort. Every room and stream is closed by the tests themselves; the process
-# ends with pytest's own exit status once pytest is done with it.
+# The LiveKit SDK's native runtime can panic while the interpreter shuts down (about one run in
+# twenty of tests/test_livekit.py, after every test had passed): the process ends with pytest's
+# own exit status once pytest is done with it, the way `voicecore serve` ends (cli.py).
 _exit_status: int | None = None
 
 
@@ -138,6 +136,4 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _exit_status is not None and "livekit.rtc" in sys.modules:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(_exit_status)
+        exit_past_livekit(_exit_status)

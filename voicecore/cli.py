@@ -393,12 +393,12 @@ def main() -> None:
         app()
     except VoicecoreError as e:  # pragma: no cover - commands catch their own
         print(f"voicecore: error: {e}", file=sys.stderr)
-        _exit(2)
+        exit_past_livekit(2)
     except SystemExit as e:  # every command ends here, with its exit status
-        _exit(e.code)
+        exit_past_livekit(e.code)
 
 
-def _exit(code: int | str | None) -> None:
+def exit_past_livekit(code: int | str | None) -> None:
     """End the process with `code`. Once the LiveKit SDK is loaded (`serve`), past the
     interpreter's shutdown: its native runtime sometimes panics while Python tears down its
     objects ("panic in a function that cannot unwind", 1 run in ~20 of the LiveKit tests), and
