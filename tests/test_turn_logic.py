@@ -36,6 +36,10 @@ def test_a_long_first_sentence_is_cut_at_a_phrase_boundary():
     # A long subject is spoken while the LLM writes the rest; a short one is not cut.
     capital = stream(SentenceChunker(), "The capital of France is Paris.")
     assert capital == ["The capital of France", "is Paris."]
+    # The first clause leaves as soon as the token that starts the next phrase arrives.
+    chunker = SentenceChunker()
+    pushed = [chunker.push(token) for token in ["The", " capital", " of", " France", " is"]]
+    assert pushed[-1] == ["The capital of France"]
     assert stream(SentenceChunker(), "The sky is blue. Bees make honey from nectar.") == [
         "The sky is blue.",
         "Bees make honey from nectar.",

@@ -95,16 +95,19 @@ class SentenceChunker:
                     return i + 1
             elif ch in CLAUSE_END and len(text[: i + 1].split()) >= min_words:
                 return i + 1
-        words = list(re.finditer(r"\S+(?=\s)", text))  # complete words only
-        if self._emitted == 0 and (cut := self._phrase_cut(words)) is not None:
+        if self._emitted == 0 and (cut := self._phrase_cut(list(re.finditer(r"\S+", text)))) is not None:
             return cut
+        words = list(re.finditer(r"\S+(?=\s)", text))  # complete words only
         if len(words) > MAX_CHUNK_WORDS:
             return words[MAX_CHUNK_WORDS].start()
         return None
 
     @staticmethod
     def _phrase_cut(words: list[re.Match[str]]) -> int | None:
-        """Index of the space before a phrase-starting word, after enough words for a clause."""
+        """Index of the space before a phrase-starting word, after enough words for a clause.
+        The last word may still be growing: " is" is taken for "is" as soon as it arrives, a
+        token (~14 ms on CPU) sooner than waiting for the space after it. Were it "island", the
+        cut would still fall between two words."""
         for n, word in enumerate(words):
             if n >= FIRST_CHUNK_PHRASE_WORDS and word.group().lower() in PHRASE_STARTS:
                 return word.start()
