@@ -71,6 +71,18 @@ async def test_stt_full_window_agrees_with_the_short_context(models, say):
         assert sum(h != e for h, e in zip(heard, expected, strict=True)) <= 1, heard
 
 
+async def test_stt_final_transcript_does_not_wait_behind_an_interim_one(models, say):
+    """Interims run while people speak; the end of speech must not find Whisper busy with one."""
+    story = np.tile(say("Tell me a long story about a dragon and a brave knight.").to_float(), 5)
+    question = say("What is the capital of France?").to_float()
+    interim = asyncio.ensure_future(models.stt.transcribe(story, final=False))  # ~0.5 s of work
+    await asyncio.sleep(0.05)  # under way
+    final = await models.stt.transcribe(question, final=True)  # ~0.1 s
+    assert "capital of france" in final.text.lower()
+    assert not interim.done()
+    assert "dragon" in (await interim).text.lower()
+
+
 async def test_stt_of_silence_is_empty(models):
     assert (await models.stt.transcribe(np.zeros(16000, np.float32), final=True)).text == ""
 
