@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import numpy as np
@@ -12,7 +11,7 @@ from helpers import join, transcribe, words
 from voicecore import AudioFrame, Message, Models, memory
 from voicecore.llm.weights import fast_cpu_copy
 from voicecore.models import bundled_gguf
-from voicecore.scheduling import BACKGROUND, CRITICAL
+from voicecore.scheduling import BACKGROUND
 from voicecore.turn.vad import VadStream
 
 
@@ -142,51 +141,6 @@ def test_llm_reads_the_bundled_q4_1_weights_through_a_q8_0_copy_made_once(models
     blocked.write_text("")
     assert fast_cpu_copy(source, blocked / "cache") == source  # no cache to write: the original
     assert ".q8_0-" in models.llm._llama.model_path  # what the engine (and every test) runs on
-
-
-async def test_llm_reads_the_prompt_ahead_while_the_user_speaks(models, config):
-    """prefill(): the history and the words heard so far are read before the user is done;
-    the reply then reads only the rest of the question and the reply header."""
-    llm = models.llm
-    system = Message("system", config.llm.system_prompt)
-    read: list[int] = []
-    evaluate = llm._llama.eval
-
-    def counting(tokens):
-        read.append(len(tokens))
-        return evaluate(tokens)
-
-    async def ask(name: str, heard_so_far: str | None) -> tuple[str, int]:
-        history = [system, Message("user", f"Hi, I am {name}."), Message("assistant", f"Hello {name}!")]
-        if heard_so_far is not None:
-            llm.prefill([*history, Message("user", "")])  # as the user starts to speak
-            llm.prefill([*history, Message("user", heard_so_far)])  # an interim transcript
-            await llm._worker.run(lambda: None, BACKGROUND)  # in line after them
-        read.clear()
-        question = [*history, Message("user", "What is the capital of France?")]
-        reply = await asyncio.wait_for(_collect(llm.stream(question)), 30)
-        return reply, read[0]
-
-    llm._llama.eval = counting
-    try:
-        cold, cold_read = await ask("Ann", None)
-        warm, warm_read = await ask("Bob", "What is the capital of")
-        # A read-ahead that a reply overtook (queued behind other work) is dropped, not run
-        # after the reply, where it would throw the reply's context away.
-        gate = threading.Event()
-        llm._worker.post(lambda: gate.wait(10), CRITICAL)
-        llm.prefill([system, Message("user", "Hi, I am Bob."), Message("user", "What")])
-        reply = asyncio.ensure_future(_collect(llm.stream([system, Message("user", "Who are you?")])))
-        await asyncio.sleep(0.05)
-        gate.set()
-        await asyncio.wait_for(reply, 30)
-        read.clear()
-        await llm._worker.run(lambda: None, BACKGROUND)
-    finally:
-        del llm._llama.eval
-    assert "Paris" in cold and "Paris" in warm
-    assert cold_read >= 20 and warm_read <= 10, (cold_read, warm_read)
-    assert read == []
 
 
 async def _collect(stream) -> str:

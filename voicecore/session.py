@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +39,6 @@ from voicecore.turn.vad import SAMPLE_RATE, VadStream
 log = logging.getLogger(__name__)
 
 KEEP_BEFORE_ONSET = 2.0  # seconds of audio kept outside an utterance (prefix padding, barge-in)
-_UNFINISHED = re.compile(r"[\s.,;:!?…-]+$")
 CHUNKS_AHEAD = 2  # synthesised chunks waiting for playout: bounds memory, keeps TTS ahead
 
 
@@ -156,10 +154,8 @@ class Session:
             self._set_state(AgentState.LISTENING)
         elif action is Action.INTERRUPT:
             self._interrupt()
-            self._read_ahead()
         elif action is Action.USER_STARTED:
             self._interim_at = decision.sample
-            self._read_ahead()
 
     # -- reply ----------------------------------------------------------------------------------
     def _start_reply(self, speech_end: float) -> None:
@@ -390,13 +386,6 @@ class Session:
         if self._machine.state is TurnState.USER_SPEAKING and transcript.text:
             self._machine.on_transcript(transcript.text)
             self.hooks.on_user_transcript(transcript.text, False)
-            self._read_ahead(transcript.text)
-
-    def _read_ahead(self, words: str = "") -> None:
-        """While the user speaks, the LLM reads the prompt as far as it is known: the history
-        and their words so far (without the full stop Whisper puts after a half sentence)."""
-        words = _UNFINISHED.sub("", words)
-        self.models.llm.prefill([*self.history.messages(), Message("user", words)])
 
     # -- buffers and time -----------------------------------------------------------------------
     def _utterance_audio(self) -> np.ndarray:

@@ -31,13 +31,6 @@ class LLMEngine(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
-    def prefill(self, messages: list[Message]) -> None:
-        """The user is still speaking; `messages` ends with their words so far (maybe none).
-        Read that much of the prompt ahead, in the background, so that the reply's `stream`
-        reads only what is new (llama.cpp: the last words and the reply header, ~25 -> ~10
-        tokens). Never blocks; a read-ahead that a reply overtook is dropped."""
-        ...
-
     def forget(self, messages: list[Message]) -> None:
         """The conversation that got as far as `messages` is over: drop what the engine keeps
         for it (llama.cpp: its saved context). Never blocks."""

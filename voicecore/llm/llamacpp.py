@@ -41,7 +41,6 @@ from voicecore.models import bundled_gguf
 from voicecore.scheduling import BACKGROUND, CRITICAL, FIRST_AUDIO, PriorityWorker
 
 _DONE = object()
-_MARK = "\ue000"  # a private-use character: where the user's words so far end in a rendered prompt
 SAVED_CONTEXTS_BYTES = 128 << 20  # KV cells kept for conversations switched away from
 
 
@@ -73,25 +72,9 @@ class LlamaCppEngine:
         self.context_tokens = config.context_tokens
         self._worker = PriorityWorker("llm")
         self._contexts = Contexts(self._llama, SAVED_CONTEXTS_BYTES)
-        self._formatter = _prompt_formatter(self._llama)
-        self._replies = 0  # stream() calls so far: a read-ahead posted before the latest is stale
 
     def count_tokens(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
-
-    def prefill(self, messages: list[Message]) -> None:
-        if self._formatter is None:
-            return  # a chat format rendered inside llama-cpp-python only: nothing to match
-        prompt = [m.as_dict() for m in messages]
-        posted = self._replies
-
-        def read_ahead() -> None:
-            if self._replies != posted:
-                return  # a reply started since: its prompt is read already
-            self._contexts.switch_to(prompt)
-            self._read(self._open_prompt_tokens(prompt))
-
-        self._worker.post(read_ahead, BACKGROUND)
 
     def forget(self, messages: list[Message]) -> None:
         history = [m.as_dict() for m in messages]
@@ -99,7 +82,6 @@ class LlamaCppEngine:
 
     async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
-        self._replies += 1
         # Bounded by construction: at most max_tokens pieces are ever put here.
         pieces: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
@@ -159,30 +141,6 @@ class LlamaCppEngine:
     def close(self) -> None:
         if self._worker.close():
             self._llama.close()  # freed now, not during interpreter teardown
-
-    # -- worker thread --------------------------------------------------------------------------
-    def _open_prompt_tokens(self, prompt: list[dict[str, str]]) -> list[int]:
-        """The prompt's tokens up to the end of its last message's words: rendered as
-        create_chat_completion renders it (the model's own template), and cut before the
-        message's end mark, which the finished prompt puts after more words."""
-        assert self._formatter is not None
-        words = prompt[-1]["content"]
-        marked = [*prompt[:-1], {**prompt[-1], "content": words + _MARK}]
-        text = self._formatter(messages=marked).prompt
-        return self._llama.tokenize(text[: text.rindex(_MARK)].encode("utf-8"), add_bos=False, special=True)
-
-    def _read(self, tokens: list[int]) -> None:
-        """Evaluate `tokens` into the context, past the longest prefix it already holds."""
-        llama = self._llama
-        held = llama.input_ids[: llama.n_tokens].tolist()
-        same = 0
-        for a, b in zip(held, tokens, strict=False):
-            if a != b:
-                break
-            same += 1
-        if same < len(tokens):
-            llama.n_tokens = same  # eval() drops the cells past it
-            llama.eval(tokens[same:])
 
 
 @dataclass
@@ -256,21 +214,6 @@ class Contexts:
         self._llama.input_ids[: len(kept.tokens)] = kept.tokens
         self._llama.n_tokens = len(kept.tokens)
         self._holds = kept.messages
-
-
-def _prompt_formatter(llama: Any) -> Any:
-    """The formatter create_chat_completion uses for a GGUF's own chat template (built as
-    llama-cpp-python builds it), or None for its named built-in formats."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    template = llama.metadata.get("tokenizer.chat_template")
-    if llama.chat_format != "chat_template.default" or not template:
-        return None
-
-    def text(token: int) -> str:
-        return llama._model.token_get_text(token) if token != -1 else ""
-
-    return Jinja2ChatFormatter(template, eos_token=text(llama.token_eos()), bos_token=text(llama.token_bos()))
 
 
 def _shared(a: list[dict[str, str]], b: list[dict[str, str]]) -> int:

@@ -52,9 +52,6 @@ class VllmEngine:
             self._tokenizer = AutoTokenizer.from_pretrained(self.config.model)
         return self._tokenizer
 
-    def prefill(self, messages: list[Message]) -> None:
-        pass  # on a GPU the whole prompt reads in a few milliseconds
-
     def forget(self, messages: list[Message]) -> None:
         pass  # vLLM's prefix cache evicts by itself
 
