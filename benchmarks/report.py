@@ -310,7 +310,8 @@ def _summary(doc: dict[str, Any], figs: dict[str, dict[str, Any]], plots: list[s
         f"{m['memory_gib']} GiB; load average before {tuple(round(x, 2) for x in m['load_average'])}, "
         f"after {tuple(round(x, 2) for x in m.get('load_average_after', ()))}. Both systems ran one after "
         "the other on this machine, with a LiveKit server on loopback, the same recordings, "
-        "the same model files (Silero VAD, Whisper tiny.en int8, SmolLM2-135M Q4_1, Piper joe-medium) "
+        "the same model files (Silero VAD, Whisper tiny.en int8, SmolLM2-135M Q4_1 "
+        "(voicecore loads its Q8_0 copy of that file), Piper joe-medium) "
         "and the same LLM settings (temperature 0, max 96 tokens, same system prompt). Latency is "
         "measured at a client participant (livekit SDK): end of the last spoken sample sent -> first "
         "agent audio sample heard. Raw samples: the JSON file beside this one.",
