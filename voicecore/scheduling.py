@@ -1,7 +1,8 @@
 """One thread per model, serving requests by priority.
 
-Models are shared by every session. Work on the critical path of a turn (the final transcript,
-an LLM reply, TTS) goes ahead of background work (interim transcripts). The model code releases
+Models are shared by every session. Work on the critical path of a turn (an LLM reply, TTS) goes
+ahead of background work (letting go of an ended conversation's LLM context); interim transcripts
+have a Whisper worker of their own, beside the one for final transcripts. The model code releases
 the GIL, so the event loop keeps running while a worker computes.
 """
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 CRITICAL = 0  # final transcripts, replies' first audio
 FOLLOW_UP = 1  # the rest of a reply's speech: it plays for seconds, a new reply's first chunk goes first
-BACKGROUND = 2  # interim transcripts
+BACKGROUND = 2  # housekeeping: an ended conversation's LLM context let go
 
 CLOSE_GRACE = 2.0  # seconds a closing worker gives the call in progress
 

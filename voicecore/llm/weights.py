@@ -34,15 +34,15 @@ def fast_cpu_copy(path: Path, cache: Path | None = None) -> Path:
     """`path`, or its Q8_0 copy (made now if missing) when its weights are Q4_1, Q5_0 or Q5_1.
 
     Anything that goes wrong (a read-only cache, a full disk) leaves the original to be used."""
-    ftype = _file_type(path)
-    if ftype not in SLOW_ON_CPU:
-        return path
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     cache = cache or cache_dir()
     copy = cache / f"{path.stem}.q8_0-{key}.gguf"
     if copy.is_file():
-        return copy
+        return copy  # made for this very file before: no need to read its type again
+    ftype = _file_type(path)
+    if ftype not in SLOW_ON_CPU:
+        return path
     try:
         cache.mkdir(parents=True, exist_ok=True)
         _convert(path, copy, SLOW_ON_CPU[ftype])

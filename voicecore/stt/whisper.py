@@ -21,7 +21,7 @@ import numpy as np
 from voicecore.config import SttConfig
 from voicecore.errors import ConfigError
 from voicecore.models import bundled_whisper
-from voicecore.scheduling import BACKGROUND, CRITICAL, PriorityWorker
+from voicecore.scheduling import PriorityWorker
 from voicecore.stt.base import Transcript
 
 SAMPLE_RATE = 16_000
@@ -67,7 +67,7 @@ class WhisperSTT:
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         worker = self._worker if final else self._interim_worker
         started = time.monotonic()
-        text = await worker.run(lambda: self._recognise(audio), CRITICAL if final else BACKGROUND)
+        text = await worker.run(lambda: self._recognise(audio))
         return Transcript(text, final, len(audio) / SAMPLE_RATE, time.monotonic() - started)
 
     @property
@@ -91,19 +91,16 @@ class WhisperSTT:
 
     def _full_window(self, audio: np.ndarray) -> str:
         with self._features:
-            return self._full_window_locked(audio)
-
-    def _full_window_locked(self, audio: np.ndarray) -> str:
-        segments, _ = self._model.transcribe(
-            audio,
-            language=self.config.language,
-            beam_size=self.config.beam_size,
-            condition_on_previous_text=False,
-            without_timestamps=True,
-            vad_filter=False,
-            chunk_length=30,  # the feature extractor keeps the last value: always pass it
-        )
-        return " ".join(s.text.strip() for s in segments).strip()  # lazy: runs here, in the worker
+            segments, _ = self._model.transcribe(
+                audio,
+                language=self.config.language,
+                beam_size=self.config.beam_size,
+                condition_on_previous_text=False,
+                without_timestamps=True,
+                vad_filter=False,
+                chunk_length=30,  # the feature extractor keeps the last value: always pass it
+            )
+            return " ".join(s.text.strip() for s in segments).strip()  # lazy: runs here, in the worker
 
     def _short_context(self, audio: np.ndarray) -> str | None:
         """Greedy decode on the utterance plus padding. None means: do not trust it."""
