@@ -20,6 +20,9 @@ async def test_question_gets_paris_with_every_latency_recorded(models, config, s
     assert words(turn.user_text) == ["what", "is", "the", "capital", "of", "france"]
     assert "Paris" in turn.agent_text
     assert "Paris" in await transcribe(models, result.reply_audio)
+    # no dead air before the first word: Piper's ~40 ms of leading silence is not sent
+    level = np.abs(result.reply_audio.samples.astype(np.float32)) / 32768
+    assert np.argmax(level > 0.01) / result.reply_audio.sample_rate < 0.015
     latencies = turn.latencies_ms()
     assert all(v is not None for v in latencies.values()), latencies
     # one monotonic clock: the stages happen in order
