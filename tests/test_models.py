@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+import weakref
 
 import numpy as np
+import pytest
 from helpers import join, transcribe, words
 
 from voicecore import AudioFrame, Message, Models, memory
 from voicecore.llm.weights import fast_cpu_copy
 from voicecore.models import bundled_gguf
-from voicecore.scheduling import BACKGROUND
+from voicecore.scheduling import BACKGROUND, CONVERSATIONS, PriorityWorker
 from voicecore.turn.vad import VadStream
 
 
@@ -145,6 +148,50 @@ def test_llm_reads_the_bundled_q4_1_weights_through_a_q8_0_copy_made_once(models
 
 async def _collect(stream) -> str:
     return "".join([p async for p in stream])
+
+
+async def test_llm_takes_every_core_only_for_a_lone_conversation_while_no_other_model_computes(
+    models, config, monkeypatch
+):
+    """ggml's threads spin at barriers: a core shared with Whisper or Piper, or with a second
+    conversation whose speech may start them at any moment, made replies slower (2 conversations'
+    p90 ~1.2 -> ~1.6 s); a lone conversation's first clause comes sooner on every core."""
+    llm = models.llm
+    if llm._threads_alone == llm._threads_sharing:
+        pytest.skip("one core: nothing to switch")
+    monkeypatch.setattr(CONVERSATIONS, "_open", weakref.WeakSet())  # sessions other tests left
+    system = Message("system", config.llm.system_prompt)
+
+    async def reply(question: str) -> int:
+        await asyncio.wait_for(_collect(llm.stream([system, Message("user", question)])), timeout=30)
+        return llm._threads
+
+    class Conversation: ...
+
+    one = Conversation()
+    CONVERSATIONS.opened(one)
+    assert await reply("Count from one to ten.") == llm._threads_alone
+    two = Conversation()
+    CONVERSATIONS.opened(two)
+    assert await reply("Name three colours.") == llm._threads_sharing
+    CONVERSATIONS.closed(two)
+    assert await reply("Name three animals.") == llm._threads_alone
+
+    other, loop = PriorityWorker("other"), asyncio.get_running_loop()
+    started, done = asyncio.Event(), threading.Event()
+
+    def compute() -> None:  # another model, busy for as long as the reply takes
+        loop.call_soon_threadsafe(started.set)
+        done.wait(60)
+
+    busy = asyncio.ensure_future(other.run(compute))
+    await started.wait()
+    try:
+        assert await reply("Name three fruits.") == llm._threads_sharing
+    finally:
+        done.set()
+        await busy
+        other.close()
 
 
 async def test_tts_round_trip(models):

@@ -15,6 +15,7 @@ import itertools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -63,6 +64,35 @@ class FirstAudioGate:
 FIRST_AUDIO = FirstAudioGate()
 
 
+class Conversations:
+    """The conversations this process holds open (sessions, known weakly: one never closed is
+    forgotten once collected). With one alone, its models run one after another and a model may
+    take every core between two of its steps; with two or more, another's speech may start a
+    model at any moment."""
+
+    def __init__(self) -> None:
+        self._open: weakref.WeakSet[object] = weakref.WeakSet()
+
+    def opened(self, conversation: object) -> None:
+        self._open.add(conversation)
+
+    def closed(self, conversation: object) -> None:
+        self._open.discard(conversation)
+
+    @property
+    def count(self) -> int:
+        return len(self._open)
+
+
+CONVERSATIONS = Conversations()
+_workers: weakref.WeakSet[PriorityWorker] = weakref.WeakSet()  # every model's, in this process
+
+
+def busy_besides(worker: PriorityWorker) -> bool:
+    """Another model of this process is computing now (so it wants CPU cores too)."""
+    return any(other.busy for other in list(_workers) if other is not worker)
+
+
 class PriorityWorker:
     def __init__(self, name: str, max_pending: int = 256) -> None:
         self.name = name
@@ -72,6 +102,8 @@ class PriorityWorker:
         self._ready = threading.Condition()
         self._closed = False
         self.last_progress = time.monotonic()  # a job ended, or told of a step (a token)
+        self.busy = False  # a job is running
+        _workers.add(self)
         self._thread = threading.Thread(target=self._run, name=f"voicecore-{name}", daemon=True)
         self._thread.start()
 
@@ -125,6 +157,7 @@ class PriorityWorker:
                 _, _, fn, future = heapq.heappop(self._heap)
             if future is not None and future.cancelled():
                 continue
+            self.busy = True
             try:
                 result = fn()
             except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
@@ -136,6 +169,7 @@ class PriorityWorker:
                 if future is not None:
                     _resolve(future, result, None)
             finally:
+                self.busy = False
                 self.last_progress = time.monotonic()
 
 

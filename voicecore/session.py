@@ -30,7 +30,7 @@ from voicecore.llm.base import Message
 from voicecore.llm.history import ChatHistory
 from voicecore.metrics import TurnRecord
 from voicecore.pipeline import Models
-from voicecore.scheduling import stall_timeout
+from voicecore.scheduling import CONVERSATIONS, stall_timeout
 from voicecore.tts.chunker import SentenceChunker
 from voicecore.turn.machine import Action, Decision, TurnMachine
 from voicecore.turn.state import AgentState, TurnState
@@ -118,6 +118,7 @@ class Session:
         self._interim_task: asyncio.Task[None] | None = None
         self._interim_at = 0
         self._closed = False
+        CONVERSATIONS.opened(self)
         self._set_state(AgentState.LISTENING)
 
     # -- input --------------------------------------------------------------------------------
@@ -424,6 +425,7 @@ class Session:
     async def aclose(self) -> None:
         """Stop everything this session started; the shared models stay loaded."""
         self._closed = True
+        CONVERSATIONS.closed(self)
         tasks = [t for t in (self._reply_task, self._interim_task) if t is not None]
         for task in tasks:
             task.cancel()

@@ -9,11 +9,13 @@ new turn's first clause need not wait for other conversations' whole replies, re
 at every switch and made 4 conversations slower (p90 2.7 -> 5.3 s); stepping aside only for a
 waiting first clause did no better in the soak (more first tokens past the stage timeout). On a
 saturated CPU the fewest prompt re-reads win; capacity (`livekit.max_conversations`) keeps the
-CPU from being saturated. Generating on every core (not one fewer) is ~35 % faster per token
-when idle, but ggml's threads spin at barriers: with Whisper or Piper busy, a reply took seconds.
-Switching to every core token by token, whenever no other model was computing, took 40-65 ms off
-a lone turn's first clause but raised 2 conversations' p90 voice-to-voice from ~1.2 to ~1.6 s
-(benchmarks/run.py --quick, A/B/A): not kept.
+CPU from being saturated. Generating on every core is ~35 % faster per token when idle, but
+ggml's threads spin at barriers: with Whisper or Piper busy, a reply took seconds. Switching to
+every core token by token whenever no other model was computing took 40-65 ms off a lone turn's
+first clause but raised 2 conversations' p90 voice-to-voice from ~1.2 to ~1.6 s (benchmarks/run.py
+--quick, A/B/A): another conversation's speech starts Whisper at any moment. So every core is
+taken only by a lone conversation (`scheduling.CONVERSATIONS`), token by token, while no other
+model computes; in-process its first clause came ~20 ms sooner and its prompt ~10 ms sooner.
 
 Several conversations share the one context. Re-reading a long history at every switch cost
 seconds on 2 cores (the soak: first tokens 8-10 s late at turn 8 of 4 conversations), so the
@@ -38,7 +40,14 @@ from voicecore.errors import ConfigError
 from voicecore.llm.base import Message
 from voicecore.llm.weights import fast_cpu_copy
 from voicecore.models import bundled_gguf
-from voicecore.scheduling import BACKGROUND, CRITICAL, FIRST_AUDIO, PriorityWorker
+from voicecore.scheduling import (
+    BACKGROUND,
+    CONVERSATIONS,
+    CRITICAL,
+    FIRST_AUDIO,
+    PriorityWorker,
+    busy_besides,
+)
 
 _DONE = object()
 SAVED_CONTEXTS_BYTES = 128 << 20  # KV cells kept for conversations switched away from
@@ -49,11 +58,15 @@ class LlamaCppEngine:
         from llama_cpp import Llama
 
         cores = os.cpu_count() or 2
-        # Token generation is memory-bound and shares the box with Piper and Whisper: one core is
-        # left to them and to the event loop. The prompt (batch) uses every core.
-        threads = config.threads or max(1, cores - 1)
+        # Generation threads (see the module docstring): one core fewer than the machine has,
+        # every core while one conversation alone is served and no other model computes;
+        # `llm.threads` fixes the count. The prompt (batch) uses every core.
+        self._threads_sharing = config.threads or max(1, cores - 1)
+        self._threads_alone = config.threads or cores
+        self._threads_batch = cores
+        self._threads = self._threads_sharing
         common: dict[str, Any] = dict(
-            n_ctx=config.context_tokens, n_threads=threads, n_threads_batch=cores, verbose=False
+            n_ctx=config.context_tokens, n_threads=self._threads, n_threads_batch=cores, verbose=False
         )
         model = config.model or str(bundled_gguf())
         if model.endswith(".gguf") or Path(model).exists() or model.startswith(("/", "./", "~")):
@@ -109,6 +122,7 @@ class LlamaCppEngine:
                     self._worker.progressed()
                     if stop.is_set():
                         break
+                    self._pick_threads()  # for the next token
                     piece = chunk["choices"][0]["delta"].get("content")  # type: ignore[index,union-attr]
                     if piece:
                         said.append(str(piece))
@@ -133,6 +147,15 @@ class LlamaCppEngine:
             stop.set()  # the worker stops after the token in progress
             if not job.done():
                 job.cancel()  # if it has not started yet, it never will
+
+    def _pick_threads(self) -> None:
+        """Worker thread, between two tokens: every core for a lone conversation while no other
+        model computes, else one fewer."""
+        alone = CONVERSATIONS.count <= 1 and not busy_besides(self._worker)
+        threads = self._threads_alone if alone else self._threads_sharing
+        if threads != self._threads:
+            self._threads = threads
+            self._llama._ctx.set_n_threads(threads, self._threads_batch)
 
     @property
     def last_progress(self) -> float:
