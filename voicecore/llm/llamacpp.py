@@ -66,7 +66,10 @@ class LlamaCppEngine:
         self._threads_batch = cores
         self._threads = self._threads_sharing
         common: dict[str, Any] = dict(
-            n_ctx=config.context_tokens, n_threads=self._threads, n_threads_batch=cores, verbose=False
+            n_ctx=config.context_tokens,
+            n_threads=self._threads,
+            n_threads_batch=self._threads_batch,
+            verbose=False,
         )
         model = config.model or str(bundled_gguf())
         if model.endswith(".gguf") or Path(model).exists() or model.startswith(("/", "./", "~")):
