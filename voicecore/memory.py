@@ -7,8 +7,9 @@ come and go with rooms (LiveKit's runtime, onnxruntime, ctranslate2, llama.cpp):
 scattered over those arenas made `serve`'s RSS creep up with every room of a long run. glibc
 also raises its mmap threshold each time a mapped block is freed, so later big blocks (audio
 buffers, kept LLM contexts of tens of MB) land in the heap, which rarely shrinks: the soak's
-heap grew by tens of MB over minutes. One arena per core, a fixed threshold, and a trim after
-each room. Elsewhere (musl, macOS) all of this does nothing.
+heap grew by tens of MB over minutes. One arena per core, a fixed threshold (above the model's
+per-call scratch buffers, below kept LLM contexts), and a trim after each room. Elsewhere (musl,
+macOS) all of this does nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from functools import cache
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter numbers
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 256 << 10  # blocks this big or bigger get pages of their own, returned when freed
+# Blocks this big or bigger get pages of their own, returned when freed. Not lower: every
+# block above it is mapped and faulted in afresh each time, and Whisper's per-call buffers
+# (hundreds of kB to a few MB) made a final transcript take 134 ms against 83 ms at 256 kB.
+MMAP_THRESHOLD = 4 << 20
 
 
 class _MallInfo2(ctypes.Structure):
