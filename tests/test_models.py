@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -322,9 +324,9 @@ async def test_the_llm_steps_aside_while_a_reply_s_first_audio_is_made(models, c
 def test_the_serving_heap_maps_only_blocks_bigger_than_a_models_scratch_buffers():
     """`serve` fixes glibc's mmap threshold so that freed big blocks go back to the OS. Set at
     256 kB, every buffer of Whisper's per-call scratch (hundreds of kB to a few MB) was mapped
-    and faulted in afresh each call: final transcripts took 134 ms instead of 83 ms, through
-    LiveKit ~60 ms more at the client. Scratch-sized blocks come from the heap; kept-LLM-context
-    sized ones are still mapped and given back."""
+    and faulted in afresh each call: final transcripts took 134 ms instead of 83 ms (through
+    LiveKit the final came ~40-60 ms later after the end of speech). Scratch-sized blocks come
+    from the heap; kept-LLM-context sized ones are still mapped and given back."""
     script = """
 import numpy as np
 from voicecore import memory
@@ -339,8 +341,5 @@ del context
 assert mapped() < base + (48 << 20), "context not given back"
 print("ok")
 """
-    import subprocess
-    import sys
-
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
