@@ -177,7 +177,9 @@ async def test_fixed_room_agent_is_back_and_answering_within_5_s_of_a_server_res
     server = LiveKitServer(binary, tmp_path)  # a server of its own: this one goes down
     server.start()
     stop, seen, notes = asyncio.Event(), Turns(), []
-    france, japan = say("What is the capital of France?"), say("What is the capital of Japan?")
+    # Whisper tiny hears Piper's "Tokyo" through Opus as "Tokivo" or "Tokido" in about one run of
+    # three, and "Paris" reliably: the answer heard after the restart is Paris.
+    japan, france = say("What is the capital of Japan?"), say("What is the capital of France?")
     serving = asyncio.create_task(
         serve_room(warm, room_config, server.creds, "restart", stop, notes.append, seen)
     )
@@ -186,9 +188,9 @@ async def test_fixed_room_agent_is_back_and_answering_within_5_s_of_a_server_res
         await asyncio.wait_for(erin.join(server.creds, "restart"), 15)
         await poll(lambda: agent_state(erin) == "listening", 15)
         await asyncio.sleep(0.5)
-        await erin.speak(france)
+        await erin.speak(japan)
         await poll(lambda: len(seen.turns) == 1, 40)
-        assert "paris" in words(seen.turns[0].agent_text), seen.turns[0]
+        assert "tokyo" in words(seen.turns[0].agent_text), seen.turns[0]
 
         await asyncio.to_thread(server.stop)
         await asyncio.wait_for(erin.leave(), 10)  # the page gave up on this connection
@@ -204,7 +206,7 @@ async def test_fixed_room_agent_is_back_and_answering_within_5_s_of_a_server_res
         listening = time.monotonic() - back
         present = await asyncio.wait_for(agent_back, 1) - back
         await asyncio.sleep(0.5)
-        _, speech_end = await again.speak(japan)
+        _, speech_end = await again.speak(france)
         await poll(lambda: again.loud_times(since=speech_end), 20)
         answered = again.loud_times(since=speech_end)[0]
         await poll(lambda: len(seen.turns) == 2, 40)
@@ -217,8 +219,8 @@ async def test_fixed_room_agent_is_back_and_answering_within_5_s_of_a_server_res
         # itself takes is the models' (test_livekit.py measures it), and the page's reconnect
         # is the person's.
         assert present < BACK_WITHIN, notes
-        assert "tokyo" in words(seen.turns[1].agent_text), seen.turns[1]
-        assert "tokyo" in words(await transcribe(warm, again.heard(since=speech_end)))
+        assert "paris" in words(seen.turns[1].agent_text), seen.turns[1]
+        assert "paris" in words(await transcribe(warm, again.heard(since=speech_end)))
         await asyncio.wait_for(again.leave(), 10)
     finally:
         stop.set()
