@@ -32,6 +32,7 @@ import os
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,7 @@ class LlamaCppEngine:
 
         def generate() -> None:
             said: list[str] = []
+            first_audio = False  # a first audio is being made: the consumer need not look first
             try:
                 self._contexts.switch_to(prompt)
                 chunks = self._llama.create_chat_completion(
@@ -129,7 +131,10 @@ class LlamaCppEngine:
                     piece = chunk["choices"][0]["delta"].get("content")  # type: ignore[index,union-attr]
                     if piece:
                         said.append(str(piece))
-                        hand_over(piece)
+                        if first_audio:
+                            hand_over(piece)
+                        else:  # it may complete the first chunk: Piper gets the cores first
+                            first_audio = FIRST_AUDIO.look(partial(hand_over, piece))
                     FIRST_AUDIO.wait()  # a reply's first audio being made goes first
             except Exception as e:  # handed to the consumer, raised there
                 hand_over(e)
@@ -146,8 +151,10 @@ class LlamaCppEngine:
                 if isinstance(item, Exception):
                     raise item
                 yield item
+                FIRST_AUDIO.looked()
         finally:
             stop.set()  # the worker stops after the token in progress
+            FIRST_AUDIO.looked()  # and does not wait for this consumer
             if not job.done():
                 job.cancel()  # if it has not started yet, it never will
 

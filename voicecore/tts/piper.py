@@ -49,11 +49,8 @@ class PiperTTS:
         if not first:
             return await self._worker.run(lambda: self._speak(text), FOLLOW_UP)
 
-        def speak_first() -> AudioFrame:
-            with FIRST_AUDIO.synthesising():  # the LLM waits between tokens meanwhile
-                return self._speak(text)
-
-        return await self._worker.run(speak_first, CRITICAL)
+        with FIRST_AUDIO.synthesising():  # from now on the LLM waits between tokens
+            return await self._worker.run(lambda: self._speak(text), CRITICAL)
 
     def _speak(self, text: str) -> AudioFrame:
         parts = [c.audio_float_array for c in self._voice.synthesize(text, self._syn_config)]
