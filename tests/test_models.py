@@ -45,6 +45,35 @@ def test_vad_finds_speech_in_a_spoken_clip(models, config, say):
     assert inside == ["pause", "resume"] * (len(inside) // 2)
 
 
+def test_the_level_says_the_sound_stopped_before_silero_does(models, config, say):
+    """The early final transcript starts on `quiet_from`: it must mark where the sound stopped,
+    tens of ms before Silero's first quiet window, and never while the sound goes on."""
+    speech = say("What is the capital of France?")
+    audio = join(1.0, speech, 1.0)
+    loud = np.flatnonzero(np.abs(audio.samples.astype(np.int32)) > 300)  # -40 dBFS, as the benchmark
+    sound_end = (loud[-1] + 1) / 16000
+    stream = VadStream(models.vad, config.vad)
+    samples = audio.to_float()
+    quiet_at: list[tuple[float, float]] = []  # (when seen, where the quiet began), while in speech
+    pause_seen = None
+    for start in range(0, len(samples), 320):
+        events = stream.push(samples[start : start + 320])
+        now = (start + 320) / 16000
+        if stream.speaking and stream.quiet_from is not None and pause_seen is None:
+            quiet_at.append((now, stream.quiet_from / 16000))
+        if any(e.kind == "pause" for e in events) and now > sound_end and pause_seen is None:
+            pause_seen = now
+    assert pause_seen is not None
+    final_quiet = [(seen, began) for seen, began in quiet_at if began >= sound_end - 0.016]
+    assert final_quiet, quiet_at
+    began = final_quiet[0][1]
+    assert sound_end - 0.016 <= began <= sound_end + 0.032  # within a step or two of the last sound
+    seen_48_ms = next(seen for seen, b in final_quiet if seen - b >= 0.048)
+    assert seen_48_ms <= pause_seen - 0.03, (seen_48_ms, pause_seen)
+    # quiet inside the speech (stop consonants) is short: the sound comes back
+    assert all(seen - b < 0.2 for seen, b in quiet_at if b < sound_end - 0.016), quiet_at
+
+
 def test_vad_finds_nothing_in_silence_or_steady_noise(models, config):
     rng = np.random.default_rng(0)
     silence = AudioFrame.silence(10.0, 16000)

@@ -11,6 +11,7 @@ import numpy as np
 from helpers import join, transcribe, words
 
 from voicecore import AgentState, AudioFrame, RealtimeSink, Session, SessionHooks, split_frames, talk
+from voicecore.turn.state import TurnState
 
 
 async def test_question_gets_paris_with_every_latency_recorded(models, config, say):
@@ -28,8 +29,10 @@ async def test_question_gets_paris_with_every_latency_recorded(models, config, s
     # one monotonic clock: the stages happen in order
     assert latencies["stt_final"] <= latencies["llm_first_token"] <= latencies["first_chunk_text"]
     assert latencies["tts_first_audio"] <= latencies["first_frame_out"] == latencies["voice_to_voice"]
-    # the reply was prepared during the silence, and its audio held until the endpoint
+    # the reply was prepared during the silence, and its audio held until the endpoint; its
+    # transcript was started when the sound stopped, before Silero's first quiet window
     assert turn.speculative and latencies["stt_final"] < latencies["endpoint"]
+    assert turn.extra.get("early_transcript") is True
     assert latencies["first_frame_out"] >= latencies["endpoint"]
     assert result.states == ["listening", "thinking", "speaking", "listening"]
 
@@ -115,6 +118,33 @@ async def test_speculation_is_cancelled_when_the_user_goes_on(models, config, sa
     assert words(session.records[0].user_text)[-3:] == ["capital", "of", "france"]
     assert session.records[0].turn == 2  # the first (speculative) reply was started, then dropped
     assert [m.role for m in session.history.turns] == ["user", "assistant"]
+
+
+async def test_a_gap_inside_a_question_never_gets_half_of_it_answered(models, config, say):
+    """A gap long enough for the level to start the early transcript (48 ms) but too short for
+    Silero to end the speech: the transcript of the first half is dropped when the sound comes
+    back, and the whole question is answered, once."""
+    sink = RealtimeSink(config.audio.output_sample_rate)
+    session = Session(models, config, sink, Recorder())
+    audio = join(0.3, say("What is the capital of"), 0.12, say("France?"))
+    early_started: list[int] = []
+    real_transcribe = models.stt.transcribe
+
+    async def transcribe(audio: np.ndarray, *, final: bool):
+        if final and session._machine.state is TurnState.USER_SPEAKING:  # before Silero's pause
+            early_started.append(len(audio))
+        return await real_transcribe(audio, final=final)
+
+    models.stt.transcribe = transcribe  # observe the calls; the real model answers them
+    try:
+        await feed(session, audio, until=lambda: bool(session.records), max_seconds=20)
+    finally:
+        del models.stt.transcribe
+        await session.aclose()
+    assert len(early_started) >= 2  # the gap's, dropped, and the end's
+    assert len(session.records) == 1
+    assert words(session.records[0].user_text) == ["what", "is", "the", "capital", "of", "france"]
+    assert "Paris" in session.records[0].agent_text
 
 
 async def test_ten_minutes_of_noise_no_turn_bounded_memory(models, config):

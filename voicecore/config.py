@@ -41,6 +41,9 @@ class TurnConfig:
     max_endpoint_delay: float = 1.4
     speculation_delay: float = 0.0  # silence before the speculative STT -> LLM -> TTS start
     # (0: at the VAD's first quiet window, before it is sure of the end after min_silence_ms)
+    # Start the final transcript once the sound has stopped for 48 ms, before Silero's first quiet
+    # window (~70 ms later), while one conversation alone is open; dropped if the sound resumes.
+    early_transcript: bool = True
     # User speech over the agent longer than this barges in. With ~60 ms of network each way and
     # ~30 ms of VAD detection, 0.1 s stops the agent within 300 ms of the speech start as heard
     # at the client; Silero plus min_speech_ms already filter clicks and coughs.

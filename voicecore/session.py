@@ -31,6 +31,7 @@ from voicecore.llm.history import ChatHistory
 from voicecore.metrics import TurnRecord
 from voicecore.pipeline import Models
 from voicecore.scheduling import CONVERSATIONS, stall_timeout
+from voicecore.stt.base import Transcript
 from voicecore.tts.chunker import SentenceChunker
 from voicecore.turn.machine import Action, Decision, TurnMachine
 from voicecore.turn.state import AgentState, TurnState
@@ -38,6 +39,7 @@ from voicecore.turn.vad import SAMPLE_RATE, VadStream
 
 log = logging.getLogger(__name__)
 
+EARLY_QUIET = 768  # samples (48 ms) of quiet after speech that start the final transcript early
 KEEP_BEFORE_ONSET = 2.0  # seconds of audio kept outside an utterance (prefix padding, barge-in)
 CHUNKS_AHEAD = 2  # synthesised chunks waiting for playout: bounds memory, keeps TTS ahead
 
@@ -117,6 +119,8 @@ class Session:
         self._user_msg: Message | None = None
         self._interim_task: asyncio.Task[None] | None = None
         self._interim_at = 0
+        # a final transcript started when the sound stopped, and where it stopped
+        self._early: tuple[int, asyncio.Task[Transcript]] | None = None
         self._closed = False
         CONVERSATIONS.opened(self)
         self._set_state(AgentState.LISTENING)
@@ -135,6 +139,7 @@ class Session:
         decisions += self._machine.on_time(self._vad.samples_seen)
         for decision in decisions:
             self._act(decision, now)
+        self._maybe_early_transcript()
         self._maybe_interim()
         self._trim_buffer()
 
@@ -165,12 +170,19 @@ class Session:
         self._turn = TurnRecord(turn=self._turns, speech_end=speech_end)
         self._committed = asyncio.Event()
         self._spoken = []
-        audio = self._utterance_audio()
+        transcript = self._take_early_transcript()
+        if transcript is None:
+            audio = self._utterance_audio()
+            transcript = asyncio.ensure_future(self.models.stt.transcribe(audio, final=True))
+        else:
+            self._turn.extra["early_transcript"] = True
         self._reply_task = asyncio.create_task(
-            self._reply(self._turn, audio, self._committed), name=f"reply-{self._turns}"
+            self._reply(self._turn, transcript, self._committed), name=f"reply-{self._turns}"
         )
 
-    async def _reply(self, turn: TurnRecord, audio: np.ndarray, committed: asyncio.Event) -> None:
+    async def _reply(
+        self, turn: TurnRecord, transcript: asyncio.Future[Transcript], committed: asyncio.Event
+    ) -> None:
         producer: asyncio.Task[None] | None = None
         try:
             chunks: asyncio.Queue[tuple[str, AudioFrame] | None] = asyncio.Queue(CHUNKS_AHEAD)
@@ -178,7 +190,7 @@ class Session:
             text = ""
             try:
                 async with stall_timeout(timeout, lambda: self.models.stt.last_progress):
-                    text = (await self.models.stt.transcribe(audio, final=True)).text
+                    text = (await transcript).text
             except Exception as e:  # a failed or hung STT: the reply is the apology
                 self._stage_failed(turn, "stt", e)
                 producer = asyncio.create_task(self._apologise(turn, chunks))
@@ -209,6 +221,7 @@ class Session:
             await committed.wait()
             self._finish_turn(turn)
         finally:
+            transcript.cancel()  # not yet started: never will be
             if producer is not None:
                 producer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -366,6 +379,37 @@ class Session:
     def _remove(self, message: Message) -> None:
         self.history.turns = [m for m in self.history.turns if m is not message]
 
+    # -- early final transcript -----------------------------------------------------------------
+    def _maybe_early_transcript(self) -> None:
+        """The sound stopped 48 ms ago while Silero still hears speech: start the final transcript
+        now. Dropped if the sound comes back (a stop consonant, a breath) before Silero's first
+        quiet window, which takes it over otherwise. Only while this conversation is alone: a
+        dropped one costs a core for ~0.1 s, which another conversation's reply may need."""
+        quiet_from = self._vad.quiet_from
+        if self._early is not None and self._early[0] != quiet_from:
+            self._early[1].cancel()
+            self._early = None
+        if (
+            self._early is None
+            and quiet_from is not None
+            and self._vad.samples_seen - quiet_from >= EARLY_QUIET
+            and self._machine.state is TurnState.USER_SPEAKING
+            and self.config.turn.early_transcript
+            and CONVERSATIONS.count <= 1
+        ):
+            audio = self._utterance_audio()
+            self._early = (quiet_from, asyncio.ensure_future(self.models.stt.transcribe(audio, final=True)))
+
+    def _take_early_transcript(self) -> asyncio.Future[Transcript] | None:
+        """The early transcript, if the sound has not come back since it started."""
+        early, self._early = self._early, None
+        if early is None:
+            return None
+        if early[0] != self._vad.quiet_from:
+            early[1].cancel()
+            return None
+        return early[1]
+
     # -- interim transcripts --------------------------------------------------------------------
     def _maybe_interim(self) -> None:
         if self._machine.state is not TurnState.USER_SPEAKING:
@@ -426,7 +470,8 @@ class Session:
         """Stop everything this session started; the shared models stay loaded."""
         self._closed = True
         CONVERSATIONS.closed(self)
-        tasks = [t for t in (self._reply_task, self._interim_task) if t is not None]
+        early = self._early[1] if self._early is not None else None
+        tasks = [t for t in (self._reply_task, self._interim_task, early) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
