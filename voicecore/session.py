@@ -40,6 +40,9 @@ from voicecore.turn.vad import SAMPLE_RATE, VadStream
 log = logging.getLogger(__name__)
 
 EARLY_QUIET = 768  # samples (48 ms) of quiet after speech that start the final transcript early
+# Silero's confident windows go on for up to ~180 ms after the sound stops (its probability
+# decays): one ending later than this after the level's quiet began heard soft speech.
+SILERO_DECAY = 3072
 KEEP_BEFORE_ONSET = 2.0  # seconds of audio kept outside an utterance (prefix padding, barge-in)
 CHUNKS_AHEAD = 2  # synthesised chunks waiting for playout: bounds memory, keeps TTS ahead
 
@@ -120,7 +123,7 @@ class Session:
         self._interim_task: asyncio.Task[None] | None = None
         self._interim_at = 0
         # a final transcript started when the sound stopped, and where it stopped
-        self._early: tuple[int, asyncio.Task[Transcript]] | None = None
+        self._early: tuple[int, asyncio.Future[Transcript]] | None = None
         self._closed = False
         CONVERSATIONS.opened(self)
         self._set_state(AgentState.LISTENING)
@@ -398,17 +401,20 @@ class Session:
             and CONVERSATIONS.count <= 1
         ):
             audio = self._utterance_audio()
-            self._early = (quiet_from, asyncio.ensure_future(self.models.stt.transcribe(audio, final=True)))
+            transcript = asyncio.ensure_future(self.models.stt.transcribe(audio, final=True))
+            self._early = (quiet_from, transcript)
 
     def _take_early_transcript(self) -> asyncio.Future[Transcript] | None:
-        """The early transcript, if the sound has not come back since it started."""
+        """The early transcript, if the sound has not come back since it started and Silero did
+        not hear speech on well after it (soft speech the level took for quiet)."""
         early, self._early = self._early, None
         if early is None:
             return None
-        if early[0] != self._vad.quiet_from:
-            early[1].cancel()
+        quiet_from, transcript = early
+        if quiet_from != self._vad.quiet_from or self._machine.speech_end > quiet_from + SILERO_DECAY:
+            transcript.cancel()
             return None
-        return early[1]
+        return transcript
 
     # -- interim transcripts --------------------------------------------------------------------
     def _maybe_interim(self) -> None:
