@@ -402,6 +402,7 @@ class Session:
         ):
             audio = self._utterance_audio()
             transcript = asyncio.ensure_future(self.models.stt.transcribe(audio, final=True))
+            transcript.add_done_callback(_seen)  # a dropped one's error is nobody's to log
             self._early = (quiet_from, transcript)
 
     def _take_early_transcript(self) -> asyncio.Future[Transcript] | None:
@@ -485,6 +486,11 @@ class Session:
                 await task
         self.sink.clear_queue()
         self.models.llm.forget(self.history.messages())
+
+
+def _seen(future: asyncio.Future[Transcript]) -> None:
+    if not future.cancelled():
+        future.exception()  # marks it retrieved; a reply that awaits it still gets the error
 
 
 def _cancelling() -> bool:
