@@ -22,7 +22,7 @@ DEFINITIONS = {
     "> 300 at 48 kHz) heard by the client, minus the last sample above the threshold (int16 > 300 "
     "at 16 kHz) of the utterance it sent, as it left its microphone",
     "agent stages (voicecore)": "the agent's own TurnRecord, ms after its estimate of the end of "
-    "speech (its VAD's last speech window); voice_to_voice = first_frame_out - speech_end",
+    "speech (where its VAD's level heard the sound stop); voice_to_voice = first_frame_out - speech_end",
     "agent stages (baseline)": "LiveKit Agents' own ChatMessage.metrics: end_of_turn_delay, "
     "transcription_delay, llm_node_ttft, tts_node_ttfb, e2e_latency (user stopped speaking -> agent "
     "started speaking)",

@@ -74,6 +74,28 @@ def test_the_level_says_the_sound_stopped_before_silero_does(models, config, say
     assert all(seen - b < 0.2 for seen, b in quiet_at if b < sound_end - 0.016), quiet_at
 
 
+def test_the_end_of_speech_is_placed_where_the_sound_stopped(models, config, say):
+    """The endpoint delay is counted from the estimated end of speech: where the sound stopped,
+    not after Silero's last confident window, which comes tens of ms later (its probability
+    decays after the last sound), so the silence before a reply is the configured one. The
+    level's quiet is relative (30 dB under the loudest step), so a soft final consonant may fall
+    a step or two after the estimate; the benchmark's audible end is a sample above -40 dBFS."""
+    later: list[float] = []
+    for text in ["What is the capital of France?", "How many legs does a spider have?", "What do bees make?"]:
+        audio = join(1.0, say(text), 1.0)
+        loud = np.flatnonzero(np.abs(audio.samples.astype(np.int32)) > 300)  # -40 dBFS, as the benchmark
+        sound_end = (loud[-1] + 1) / 16000
+        stream = VadStream(models.vad, config.vad)
+        samples = audio.to_float()
+        ends = []
+        for start in range(0, len(samples), 320):
+            ends += [e.sample / 16000 for e in stream.push(samples[start : start + 320]) if e.kind == "end"]
+        assert len(ends) == 1, (text, ends)
+        assert sound_end - 0.048 <= ends[0] <= sound_end + 0.048, (text, ends[0], sound_end)
+        later.append(stream.last_speech_sample / 16000 - ends[0])
+    assert min(later) >= 0.03, later  # Silero's own estimate would have added this much silence
+
+
 def test_vad_finds_nothing_in_silence_or_steady_noise(models, config):
     rng = np.random.default_rng(0)
     silence = AudioFrame.silence(10.0, 16000)

@@ -412,7 +412,7 @@ class Session:
         if early is None:
             return None
         quiet_from, transcript = early
-        if quiet_from != self._vad.quiet_from or self._machine.speech_end > quiet_from + SILERO_DECAY:
+        if quiet_from != self._vad.quiet_from or self._vad.last_speech_sample > quiet_from + SILERO_DECAY:
             transcript.cancel()
             return None
         return transcript
