@@ -186,6 +186,47 @@ async def test_llm_conversations_taking_turns_each_get_their_own_context_back(mo
     assert models.llm._contexts.switches - switches >= 4  # each turn after the first two went back
 
 
+async def test_llm_reads_the_prompt_ahead_and_the_reply_reads_only_the_rest(models, config):
+    """While the person speaks, the prompt is read as far as the words heard so far (but the last
+    one, which may still change): the reply reads only the rest, and answers the same. A wrong
+    guess (the interim heard "Spain") costs its tokens, never the answer."""
+    llm = models.llm
+    llama = llm._llama
+    read: list[int] = []  # tokens of each llama.cpp eval
+    evaluate = llama.eval
+
+    def counting(tokens):
+        read.append(len(tokens))
+        return evaluate(tokens)
+
+    async def settled() -> None:  # the read-ahead (posted at background priority) is done
+        await llm._worker.run(lambda: None, BACKGROUND)
+
+    history = [Message("system", config.llm.system_prompt), Message("user", "Hello there.")]
+    history.append(Message("assistant", await asyncio.wait_for(_collect(llm.stream(history)), 30)))
+    question = "What is the capital of France?"
+    llama.eval = counting
+    try:
+        replies = {}
+        for heard in (None, "What is the capital of France", "What is the capital of Spain and"):
+            llm.read_ahead([*history, Message("user", "")])  # after a reply: the user's header
+            if heard is not None:
+                llm.read_ahead([*history, Message("user", heard)])
+            await settled()
+            read.clear()
+            replies[heard] = await asyncio.wait_for(
+                _collect(llm.stream([*history, Message("user", question)])), 30
+            )
+            if heard is None:
+                assert read[0] >= 12, read  # the whole question and the assistant's header
+            else:
+                assert read[0] <= 8, read  # " France?" and the header ("Spain" read, undone)
+    finally:
+        del llama.eval  # the class's own method again
+    assert all("Paris" in reply for reply in replies.values()), replies
+    assert len(set(replies.values())) == 1, replies  # temperature 0: the same answer every way
+
+
 def test_llm_reads_the_bundled_q4_1_weights_through_a_q8_0_copy_made_once(models, tmp_path):
     source = bundled_gguf()
     copy = fast_cpu_copy(source, tmp_path)

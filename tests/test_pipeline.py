@@ -14,7 +14,10 @@ from voicecore import AgentState, AudioFrame, RealtimeSink, Session, SessionHook
 from voicecore.turn.state import TurnState
 
 
-async def test_question_gets_paris_with_every_latency_recorded(models, config, say):
+async def test_question_gets_paris_with_every_latency_recorded(models, config, say, monkeypatch):
+    asked: list[str] = []  # the user's words of each prompt the session had the LLM read ahead
+    read_ahead = models.llm.read_ahead
+    monkeypatch.setattr(models.llm, "read_ahead", lambda m: (asked.append(m[-1].content), read_ahead(m)))
     result = await talk(models, config, join(0.5, say("What is the capital of France?")))
     assert len(result.turns) == 1
     turn = result.turns[0]
@@ -35,6 +38,8 @@ async def test_question_gets_paris_with_every_latency_recorded(models, config, s
     assert turn.extra.get("early_transcript") is True
     assert latencies["first_frame_out"] >= latencies["endpoint"]
     assert result.states == ["listening", "thinking", "speaking", "listening"]
+    # once the reply is over, the LLM reads the next user's header ahead (interims: test_models)
+    assert asked and asked[-1] == "", asked
 
 
 async def test_pause_mid_sentence_does_not_end_the_turn(models, config, say):

@@ -335,6 +335,7 @@ class Session:
         self.records.append(turn)
         self.hooks.on_turn(turn)
         self._turn = None
+        self._read_ahead("")  # the user's header after this reply
         for decision in self._machine.agent_done():
             self._act(decision, self.clock())
         if self._machine.state is TurnState.LISTENING:
@@ -438,6 +439,15 @@ class Session:
         if self._machine.state is TurnState.USER_SPEAKING and transcript.text:
             self._machine.on_transcript(transcript.text)
             self.hooks.on_user_transcript(transcript.text, False)
+            if self._early is None:  # else the reply's prompt may be on its way: not behind this
+                self._read_ahead(transcript.text)
+
+    def _read_ahead(self, words: str) -> None:
+        """Let the LLM read the next prompt as far as it is known (the history, and the words
+        heard so far), while this conversation is alone: with several, their contexts would take
+        turns in the one llama.cpp context for nothing."""
+        if CONVERSATIONS.count <= 1:
+            self.models.llm.read_ahead([*self.history.messages(), Message("user", words)])
 
     # -- buffers and time -----------------------------------------------------------------------
     def _utterance_audio(self) -> np.ndarray:

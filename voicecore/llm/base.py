@@ -29,6 +29,12 @@ class LLMEngine(Protocol):
         """
         ...
 
+    def read_ahead(self, messages: list[Message]) -> None:
+        """The person is still speaking: `messages` end with the user's words so far. An engine
+        may read that prompt ahead (all but the last word, which may change) so that the reply
+        reads less. A hint: never blocks, may do nothing."""
+        ...
+
     def count_tokens(self, text: str) -> int: ...
 
     def forget(self, messages: list[Message]) -> None:

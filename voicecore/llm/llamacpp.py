@@ -22,12 +22,20 @@ seconds on 2 cores (the soak: first tokens 8-10 s late at turn 8 of 4 conversati
 context of the conversation switched away from is kept (`Contexts`: its KV cells, ~23 kB a
 token for SmolLM2-135M, bounded) and put back when that conversation speaks again: only its
 new words are read. One conversation alone never switches and pays nothing.
+
+The prompt is read ahead while a lone conversation's person speaks (`read_ahead`): the user's
+header once a reply is over, then after each interim transcript the words heard so far but the
+last (which may still change), on one thread. The reply then reads only the rest, the last word
+or two and the assistant's header: ~8 tokens instead of ~19. In-process the first token came
+30 against 47 ms after the request (idle); through LiveKit 47 against 67 ms after the final
+transcript (p50, 32 turns back to back).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -50,7 +58,10 @@ from voicecore.scheduling import (
     busy_besides,
 )
 
+log = logging.getLogger(__name__)
+
 _DONE = object()
+_CUT = "\ue000"  # marks where a prompt read ahead ends (a private-use character nobody says)
 SAVED_CONTEXTS_BYTES = 128 << 20  # KV cells kept for conversations switched away from
 
 
@@ -89,6 +100,9 @@ class LlamaCppEngine:
         self.context_tokens = config.context_tokens
         self._worker = PriorityWorker("llm")
         self._contexts = Contexts(self._llama, SAVED_CONTEXTS_BYTES)
+        self._template = _template(self._llama)
+        self._ahead: list[dict[str, str]] | None = None  # the latest prompt to read ahead
+        self._ahead_lock = threading.Lock()
 
     def count_tokens(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
@@ -96,6 +110,49 @@ class LlamaCppEngine:
     def forget(self, messages: list[Message]) -> None:
         history = [m.as_dict() for m in messages]
         self._worker.post(lambda: self._contexts.forget(history), BACKGROUND)
+
+    def read_ahead(self, messages: list[Message]) -> None:
+        """Read ahead the prompt of a reply still to come: `messages` end with the user's words
+        heard so far ("" before any), of which all but the last word are read, at background
+        priority and on one thread (Whisper's final may run beside it). Only the latest request
+        waits; an older one not yet started is dropped. Never blocks."""
+        if self._template is None:
+            return
+        with self._ahead_lock:
+            queued, self._ahead = self._ahead is not None, [m.as_dict() for m in messages]
+        if not queued:
+            self._worker.post(self._read_ahead, BACKGROUND)
+
+    def _read_ahead(self) -> None:
+        """Worker thread: evaluate the tokens of the latest read-ahead prompt past the longest
+        prefix the context already holds."""
+        with self._ahead_lock:
+            messages, self._ahead = self._ahead, None
+        if not messages or self._template is None:
+            return
+        words = messages[-1]["content"].split()
+        known = " ".join(words[:-1])
+        rendered = self._template(messages=[*messages[:-1], {**messages[-1], "content": known + _CUT}])
+        text = rendered.prompt[: rendered.prompt.rindex(_CUT)].rstrip(" ")
+        tokens = self._llama.tokenize(text.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+        if len(tokens) > self.context_tokens - self.config.max_tokens:
+            return  # the reply trims the history first: this prompt is not the one it will read
+        self._contexts.switch_to(messages)
+        llama = self._llama
+        held = llama.input_ids[: llama.n_tokens].tolist()
+        common = next(
+            (i for i, (a, b) in enumerate(zip(held, tokens, strict=False)) if a != b),
+            min(len(held), len(tokens)),
+        )
+        if common == len(tokens):
+            return
+        llama.n_tokens = common
+        llama._ctx.set_n_threads(1, 1)
+        try:
+            llama.eval(tokens[common:])
+        finally:
+            llama._ctx.set_n_threads(self._threads, self._threads_batch)
+        log.debug("read ahead %d prompt tokens", len(tokens) - common)
 
     async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
@@ -247,6 +304,23 @@ class Contexts:
         self._llama.input_ids[: len(kept.tokens)] = kept.tokens
         self._llama.n_tokens = len(kept.tokens)
         self._holds = kept.messages
+
+
+def _template(llama: Any) -> Any:
+    """The chat template llama-cpp-python formats prompts with, when it is the model's own (a
+    Jinja template in the GGUF); None otherwise (nothing is read ahead)."""
+    from llama_cpp import llama_chat_format
+
+    source = llama.metadata.get("tokenizer.chat_template")
+    if llama.chat_format != "chat_template.default" or llama.chat_handler is not None or not source:
+        return None
+
+    def token(i: int) -> str:
+        return str(llama._model.token_get_text(i)) if i != -1 else ""
+
+    return llama_chat_format.Jinja2ChatFormatter(
+        template=source, eos_token=token(llama.token_eos()), bos_token=token(llama.token_bos())
+    )
 
 
 def _shared(a: list[dict[str, str]], b: list[dict[str, str]]) -> int:

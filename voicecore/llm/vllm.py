@@ -55,6 +55,9 @@ class VllmEngine:
     def forget(self, messages: list[Message]) -> None:
         pass  # vLLM's prefix cache evicts by itself
 
+    def read_ahead(self, messages: list[Message]) -> None:
+        pass  # a GPU reads a prompt in a few milliseconds; the prefix cache keeps the history
+
     def count_tokens(self, text: str) -> int:
         return len(self._get_tokenizer().encode(text, add_special_tokens=False))
 
