@@ -143,6 +143,42 @@ async def test_stt_of_silence_is_empty(models):
     assert (await models.stt.transcribe(np.zeros(16000, np.float32), final=True)).text == ""
 
 
+async def test_stt_abandoned_midway_skips_the_slow_full_window_decode(models, say, monkeypatch):
+    """An early final transcript is dropped when the speech goes on (a stop consonant): cut
+    mid-word, Whisper's quick decode may loop, and the full-window retry (5-10x the work) made the
+    real final transcript wait behind a result nobody wanted any more."""
+    stt = models.stt
+    full_windows: list[int] = []
+    full_window, quick = stt._full_window, stt._short_context
+    in_quick, go_on = threading.Event(), threading.Event()
+
+    def quick_then_wait(audio):  # the real quick decode, held until the test has cancelled
+        text = quick(audio)
+        in_quick.set()
+        go_on.wait(5)
+        return text
+
+    monkeypatch.setattr(
+        stt, "_full_window", lambda audio: (full_windows.append(len(audio)), full_window(audio))[1]
+    )
+    monkeypatch.setattr(stt, "_short_context", quick_then_wait)
+    hiss = np.random.default_rng(1).normal(0, 0.001, 16000 * 2).astype(np.float32)  # no words: not trusted
+    go_on.set()
+    assert (await stt.transcribe(hiss, final=True)).text == ""
+    assert len(full_windows) == 1  # waited for: the full window had its look
+
+    go_on.clear()
+    in_quick.clear()
+    started = asyncio.ensure_future(stt.transcribe(hiss, final=True))
+    await asyncio.to_thread(in_quick.wait, 5)  # the quick decode is done, its caller not told yet
+    started.cancel()
+    await asyncio.sleep(0)
+    go_on.set()
+    question = await stt.transcribe(say("What is the capital of France?").to_float(), final=True)
+    assert "capital of france" in question.text.lower()
+    assert len(full_windows) == 1, full_windows  # the abandoned one did not retry
+
+
 async def test_llm_answers_paris(models, config):
     messages = [
         Message("system", config.llm.system_prompt),

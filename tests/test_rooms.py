@@ -111,14 +111,18 @@ def tasks_and_threads() -> tuple[list[str], list[str]]:
     """Names of the running asyncio tasks and Python threads. Apart: the default executor's
     workers (it keeps up to `max_workers` idle, bounded by design, checked in `back_to`) and
     "Dummy" threads, native threads of the SDK that once called into Python: Python never
-    learns when those end, so they stay listed whatever happens."""
+    learns when those end, so they stay listed whatever happens; and tqdm's monitor, one per
+    process for good, started by the first (disabled) progress bar faster-whisper makes in its
+    full-window decode, which a test's conversation may be the first to need."""
     tasks = sorted(
         f"{t.get_name()} ({t.get_coro().__qualname__})" for t in asyncio.all_tasks() if not t.done()
     )
     threads = sorted(
         t.name
         for t in threading.enumerate()
-        if not t.name.startswith("asyncio_") and not isinstance(t, threading._DummyThread)
+        if not t.name.startswith("asyncio_")
+        and not isinstance(t, threading._DummyThread)
+        and t.name != "tqdm_monitor"
     )
     return tasks, threads
 

@@ -9,6 +9,7 @@ back to the standard full-window decode whenever its output looks suspicious.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import threading
@@ -67,7 +68,12 @@ class WhisperSTT:
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         worker = self._worker if final else self._interim_worker
         started = time.monotonic()
-        text = await worker.run(lambda: self._recognise(audio))
+        abandoned = threading.Event()
+        try:
+            text = await worker.run(lambda: self._recognise(audio, abandoned))
+        except asyncio.CancelledError:
+            abandoned.set()  # if under way: no full-window decode for nobody (below)
+            raise
         return Transcript(text, final, len(audio) / SAMPLE_RATE, time.monotonic() - started)
 
     @property
@@ -79,14 +85,17 @@ class WhisperSTT:
             del self._model  # freed now, not during interpreter teardown (ctranslate2 can abort there)
 
     # -- worker thread --------------------------------------------------------------------------
-    def _recognise(self, audio: np.ndarray) -> str:
+    def _recognise(self, audio: np.ndarray, abandoned: threading.Event) -> str:
         duration = len(audio) / SAMPLE_RATE
         if duration < MIN_SPEECH_SECONDS or not np.any(audio):
             return ""
         if self.config.short_context and duration < 28.0:
             text = self._short_context(audio)
-            if text is not None:
-                return text
+            if text is not None or abandoned.is_set():
+                # Abandoned: typically an early final transcript whose speech went on, cut
+                # mid-word, which loops; the full window (5-10x the work) would make the real
+                # final wait behind it.
+                return text or ""
         return self._full_window(audio)
 
     def _full_window(self, audio: np.ndarray) -> str:
