@@ -72,7 +72,7 @@ class WhisperSTT:
         try:
             text = await worker.run(lambda: self._recognise(audio, abandoned))
         except asyncio.CancelledError:
-            abandoned.set()  # if under way: no full-window decode for nobody (below)
+            abandoned.set()  # if under way, it stops before the full-window decode (below)
             raise
         return Transcript(text, final, len(audio) / SAMPLE_RATE, time.monotonic() - started)
 

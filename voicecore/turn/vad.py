@@ -184,9 +184,10 @@ class VadStream:
 
     @property
     def speech_end(self) -> int:
-        """The estimated end of speech: where the sound stopped by the level, if that is at most
-        LEVEL_LEAD before Silero's last confident window, else that window's end. The endpoint
-        delay is counted from here, so the silence a person hears is the configured one."""
+        """The estimated end of speech: where the level heard the sound stop, but never more than
+        LEVEL_LEAD before the end of Silero's last confident window (that window's end while the
+        level hears sound). The endpoint delay is counted from here, so the silence a person
+        hears is the configured one."""
         if self.quiet_from is None:
             return self.last_speech_sample
         return min(self.last_speech_sample, max(self.quiet_from, self.last_speech_sample - LEVEL_LEAD))
