@@ -128,7 +128,7 @@ class LlamaCppEngine:
         prefix the context already holds."""
         with self._ahead_lock:
             messages, self._ahead = self._ahead, None
-        if not messages or self._template is None:
+        if not messages:
             return
         words = messages[-1]["content"].split()
         known = " ".join(words[:-1])
@@ -139,11 +139,7 @@ class LlamaCppEngine:
             return  # the reply trims the history first: this prompt is not the one it will read
         self._contexts.switch_to(messages)
         llama = self._llama
-        held = llama.input_ids[: llama.n_tokens].tolist()
-        common = next(
-            (i for i, (a, b) in enumerate(zip(held, tokens, strict=False)) if a != b),
-            min(len(held), len(tokens)),
-        )
+        common = llama.longest_token_prefix(llama.input_ids[: llama.n_tokens].tolist(), tokens)
         if common == len(tokens):
             return
         llama.n_tokens = common
