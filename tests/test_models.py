@@ -21,13 +21,21 @@ from voicecore.scheduling import BACKGROUND, CONVERSATIONS, PriorityWorker
 from voicecore.turn.vad import VadStream
 
 
-def vad_events(models: Models, config, audio: AudioFrame) -> list[tuple[str, float]]:
-    stream = VadStream(models.vad, config.vad)
+def vad_events(
+    models: Models, config, audio: AudioFrame, stream: VadStream | None = None
+) -> list[tuple[str, float]]:
+    stream = stream or VadStream(models.vad, config.vad)
     events = []
     samples = audio.to_float()
     for start in range(0, len(samples), 320):  # 20 ms frames, as from a room
         events += [(e.kind, e.sample / 16000) for e in stream.push(samples[start : start + 320])]
     return events
+
+
+def audible_end(audio: AudioFrame) -> float:
+    """Seconds to just after the last sample above -40 dBFS, as the benchmark measures."""
+    loud = np.flatnonzero(np.abs(audio.samples.astype(np.int32)) > 300)
+    return (loud[-1] + 1) / audio.sample_rate
 
 
 def test_vad_finds_speech_in_a_spoken_clip(models, config, say):
@@ -50,8 +58,7 @@ def test_the_level_says_the_sound_stopped_before_silero_does(models, config, say
     tens of ms before Silero's first quiet window, and never while the sound goes on."""
     speech = say("What is the capital of France?")
     audio = join(1.0, speech, 1.0)
-    loud = np.flatnonzero(np.abs(audio.samples.astype(np.int32)) > 300)  # -40 dBFS, as the benchmark
-    sound_end = (loud[-1] + 1) / 16000
+    sound_end = audible_end(audio)
     stream = VadStream(models.vad, config.vad)
     samples = audio.to_float()
     quiet_at: list[tuple[float, float]] = []  # (when seen, where the quiet began), while in speech
@@ -83,13 +90,9 @@ def test_the_end_of_speech_is_placed_where_the_sound_stopped(models, config, say
     later: list[float] = []
     for text in ["What is the capital of France?", "How many legs does a spider have?", "What do bees make?"]:
         audio = join(1.0, say(text), 1.0)
-        loud = np.flatnonzero(np.abs(audio.samples.astype(np.int32)) > 300)  # -40 dBFS, as the benchmark
-        sound_end = (loud[-1] + 1) / 16000
+        sound_end = audible_end(audio)
         stream = VadStream(models.vad, config.vad)
-        samples = audio.to_float()
-        ends = []
-        for start in range(0, len(samples), 320):
-            ends += [e.sample / 16000 for e in stream.push(samples[start : start + 320]) if e.kind == "end"]
+        ends = [t for kind, t in vad_events(models, config, audio, stream) if kind == "end"]
         assert len(ends) == 1, (text, ends)
         assert sound_end - 0.048 <= ends[0] <= sound_end + 0.048, (text, ends[0], sound_end)
         later.append(stream.last_speech_sample / 16000 - ends[0])
