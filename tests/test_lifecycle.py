@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -252,6 +253,7 @@ async def test_load_counts_conversations_and_a_full_or_draining_worker_says_no(c
     from livekit.protocol import models as proto_models
 
     from voicecore.rtc import Credentials, DispatchWorker
+    from voicecore.scheduling import Scheduler
 
     def offer(job: str, room: str) -> proto.AvailabilityRequest:
         return proto.AvailabilityRequest(job=proto.Job(id=job, room=proto_models.Room(name=room)))
@@ -259,22 +261,35 @@ async def test_load_counts_conversations_and_a_full_or_draining_worker_says_no(c
     settings = copy.deepcopy(config)
     settings.livekit.max_conversations = 3
     lines: list[str] = []
-    worker = DispatchWorker(None, settings, Credentials("ws://127.0.0.1:9", "k", "s"), notify=lines.append)  # type: ignore[arg-type]
+    models = SimpleNamespace(scheduler=Scheduler())  # the count lives with the models' scheduler
+    worker = DispatchWorker(models, settings, Credentials("ws://127.0.0.1:9", "k", "s"), notify=lines.append)  # type: ignore[arg-type]
+    class Person: ...  # stands in for the session of someone in a room
+
+    people: dict[str, Person] = {}
+
+    def joins(room: str, who: str) -> None:
+        models.scheduler.conversations.opened(people.setdefault(who, Person()), room)
+        worker.conversations.on_conversation_started(room, who)
+
+    def leaves(room: str, who: str) -> None:
+        models.scheduler.conversations.closed(people.pop(who))
+        worker.conversations.on_conversation_ended(room, who)
+
     try:
         await worker._on_availability(offer("j1", "one"))  # promised: counts one
         assert (worker.load, worker.full) == (1, False)
-        worker.conversations.on_conversation_started("elsewhere", "a")  # a room's people count
-        worker.conversations.on_conversation_started("elsewhere", "b")
+        joins("elsewhere", "a")  # a room's people count
+        joins("elsewhere", "b")
         worker.jobs["j0"] = Job("j0", "elsewhere")
         assert (worker.load, worker.full) == (3, True)
         await worker._on_availability(offer("j2", "two"))
         assert lines[-1] == "refusing room two (full: 3 of 3 conversations)"
-        worker.conversations.on_conversation_ended("elsewhere", "b")
+        leaves("elsewhere", "b")
         assert (worker.load, worker.full) == (2, False)
-        worker.conversations.on_conversation_ended("elsewhere", "a")  # everyone left: leaving
+        leaves("elsewhere", "a")  # everyone left: leaving
         assert (worker.load, worker.full) == (1, False)
         # LiveKit sends no job to a worker at its target load (0.7): 2 of 3 must stay below it
-        worker.conversations.on_conversation_started("elsewhere", "c")
+        joins("elsewhere", "c")
         assert worker.load == 2 and worker.reported_load < 0.7
         await worker.drain(0.1)  # from the first signal on, nothing more
         await worker._on_availability(offer("j3", "three"))

@@ -17,14 +17,14 @@ from helpers import join, transcribe, words
 from voicecore import AudioFrame, Message, Models, memory
 from voicecore.llm.weights import fast_cpu_copy
 from voicecore.models import bundled_gguf
-from voicecore.scheduling import BACKGROUND, CONVERSATIONS, PriorityWorker
+from voicecore.scheduling import BACKGROUND
 from voicecore.turn.vad import VadStream
 
 
 def vad_events(
     models: Models, config, audio: AudioFrame, stream: VadStream | None = None
 ) -> list[tuple[str, float]]:
-    stream = stream or VadStream(models.vad, config.vad)
+    stream = stream or models.vad.stream(config.vad)
     events = []
     samples = audio.to_float()
     for start in range(0, len(samples), 320):  # 20 ms frames, as from a room
@@ -59,7 +59,7 @@ def test_the_level_says_the_sound_stopped_before_silero_does(models, config, say
     speech = say("What is the capital of France?")
     audio = join(1.0, speech, 1.0)
     sound_end = audible_end(audio)
-    stream = VadStream(models.vad, config.vad)
+    stream = models.vad.stream(config.vad)
     samples = audio.to_float()
     quiet_at: list[tuple[float, float]] = []  # (when seen, where the quiet began), while in speech
     pause_seen = None
@@ -91,7 +91,7 @@ def test_the_end_of_speech_is_placed_where_the_sound_stopped(models, config, say
     for text in ["What is the capital of France?", "How many legs does a spider have?", "What do bees make?"]:
         audio = join(1.0, say(text), 1.0)
         sound_end = audible_end(audio)
-        stream = VadStream(models.vad, config.vad)
+        stream = models.vad.stream(config.vad)
         ends = [t for kind, t in vad_events(models, config, audio, stream) if kind == "end"]
         assert len(ends) == 1, (text, ends)
         assert sound_end - 0.048 <= ends[0] <= sound_end + 0.048, (text, ends[0], sound_end)
@@ -293,7 +293,8 @@ async def test_llm_takes_every_core_only_for_a_lone_conversation_while_no_other_
     llm = models.llm
     if llm._threads_alone == llm._threads_sharing:
         pytest.skip("one core: nothing to switch")
-    monkeypatch.setattr(CONVERSATIONS, "_open", weakref.WeakSet())  # sessions other tests left
+    conversations = models.scheduler.conversations
+    monkeypatch.setattr(conversations, "_open", weakref.WeakSet())  # sessions other tests left
     system = Message("system", config.llm.system_prompt)
 
     async def reply(question: str) -> int:
@@ -303,15 +304,15 @@ async def test_llm_takes_every_core_only_for_a_lone_conversation_while_no_other_
     class Conversation: ...
 
     one = Conversation()
-    CONVERSATIONS.opened(one)
+    conversations.opened(one)
     assert await reply("Count from one to ten.") == llm._threads_alone
     two = Conversation()
-    CONVERSATIONS.opened(two)
+    conversations.opened(two)
     assert await reply("Name three colours.") == llm._threads_sharing
-    CONVERSATIONS.closed(two)
+    conversations.closed(two)
     assert await reply("Name three animals.") == llm._threads_alone
 
-    other, loop = PriorityWorker("other"), asyncio.get_running_loop()
+    other, loop = models.scheduler.worker("other"), asyncio.get_running_loop()
     started, done = asyncio.Event(), threading.Event()
 
     def compute() -> None:  # another model, busy for as long as the reply takes

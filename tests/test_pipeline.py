@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import tracemalloc
+from dataclasses import replace
 
 import numpy as np
 from helpers import join, transcribe, words
@@ -233,3 +234,68 @@ async def test_interim_transcripts_arrive_while_the_user_speaks(models, config, 
     assert len(interims) >= 2 and len(finals) == 1
     assert hooks.seen.index((finals[0], True)) > hooks.seen.index((interims[0], False))
     assert words(interims[0])[:2] == words(finals[0])[:2] == ["please", "tell"]
+
+
+class Instant:
+    """A loudspeaker that plays everything at once: a long conversation in seconds, not minutes."""
+
+    queued_duration = 0.0
+
+    async def capture_frame(self, frame: AudioFrame) -> None:
+        await asyncio.sleep(0)
+
+    def clear_queue(self) -> None: ...
+
+    async def wait_for_playout(self) -> None: ...
+
+
+async def test_a_long_conversation_is_trimmed_before_every_prompt(models, config, say):
+    """Turn after turn of long replies: the history is trimmed before it is prompted, with the new
+    question counted, so every prompt leaves the reply its max_tokens and nothing overflows. A
+    512-token window fills by the fourth turn; the bug it guards against overflowed from there."""
+    import copy
+
+    from voicecore.llm.llamacpp import LlamaCppEngine
+
+    settings = copy.deepcopy(config)
+    settings.llm.context_tokens = 512
+    settings.llm.system_prompt = "You are a storyteller. Answer every question with a long story."
+    llm = LlamaCppEngine(settings.llm, models.scheduler)
+    prompt_tokens: list[int] = []
+    stream = llm.stream
+
+    def counted(messages):  # the real engine; each prompt measured as its chat template renders it
+        rendered = llm._template(messages=[m.as_dict() for m in messages])
+        tokens = llm._llama.tokenize(
+            rendered.prompt.encode(), add_bos=not rendered.added_special, special=True
+        )
+        prompt_tokens.append(len(tokens))
+        return stream(messages)
+
+    llm.stream = counted
+    errors: list[str] = []
+
+    class Errors(SessionHooks):
+        def on_error(self, stage: str, error: BaseException) -> None:
+            errors.append(f"{stage}: {error!r}")
+
+    session = Session(replace(models, llm=llm), settings, Instant(), Errors())
+    topics = ["a dragon", "a cat", "a ship", "a robot", "a garden", "a king"]
+    silence = AudioFrame.silence(0.02, 16000)
+    try:
+        for n in range(12):
+            question = join(0.3, say(f"Tell me a long story about {topics[n % len(topics)]}."), 0.2)
+            for frame in split_frames(question):
+                session.push_audio(frame)
+                await asyncio.sleep(0.005)  # 4x real time: the turn machine runs on audio time
+            while len(session.records) <= n or session.busy:
+                session.push_audio(silence)
+                await asyncio.sleep(0.005)
+    finally:
+        await session.aclose()
+        await asyncio.to_thread(llm.close)
+    budget = settings.llm.context_tokens - settings.llm.max_tokens
+    assert errors == []
+    assert len(prompt_tokens) >= 12 and max(prompt_tokens) <= budget, prompt_tokens
+    assert all(r.agent_text and settings.turn.apology not in r.agent_text for r in session.records)
+    assert sum(len(r.agent_text.split()) for r in session.records) > 12 * 30  # long replies, really

@@ -73,15 +73,12 @@ def test_vllm_engine_without_vllm_says_how_to_install():
 def test_history_trims_oldest_exchanges_and_keeps_the_system_prompt():
     history = ChatHistory("Be brief.")
     for n in range(10):
-        history.add_user(f"question {n} " + "word " * 20)
-        history.add_assistant(f"answer {n} " + "word " * 20)
-    history.add_user("the newest question")
+        history.commit(f"question {n} " + "word " * 20, f"answer {n} " + "word " * 20)
 
     def count(text: str) -> int:
         return len(text.split())
 
-    history.trim(120, count)
-    messages = history.messages()
+    messages = history.prompt("the newest question", 120, count)
     assert messages[0].content == "Be brief."
     assert messages[1].role == "user"  # never starts with an orphan reply
     assert messages[-1].content == "the newest question"
@@ -91,7 +88,6 @@ def test_history_trims_oldest_exchanges_and_keeps_the_system_prompt():
 
 def test_a_monologue_longer_than_the_window_keeps_its_end():
     history = ChatHistory("Be brief.")
-    history.add_user(" ".join(f"w{n}" for n in range(1000)))
-    history.trim(200, lambda text: len(text.split()))
-    last = history.messages()[-1].content.split()
+    messages = history.prompt(" ".join(f"w{n}" for n in range(1000)), 200, lambda text: len(text.split()))
+    last = messages[-1].content.split()
     assert last[-1] == "w999" and len(last) <= 200

@@ -1,35 +1,39 @@
 """Builds the models from config: the one place that names implementations.
 
-Models are loaded once per process and shared by every `Session`.
+Models are loaded once per process and shared by every `Session`, with the one `Scheduler` that
+their worker threads coordinate through.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from voicecore.config import Config
 from voicecore.errors import ConfigError
 from voicecore.llm.base import LLMEngine
+from voicecore.scheduling import Scheduler
 from voicecore.stt.base import STT
 from voicecore.tts.base import TTS
-from voicecore.turn.vad import SileroVad
+from voicecore.turn.vad import Vad
 
 
 @dataclass
 class Models:
-    vad: SileroVad
+    vad: Vad
     stt: STT
     llm: LLMEngine
     tts: TTS
+    scheduler: Scheduler = field(default_factory=Scheduler)
 
     async def warm_up(self, system_prompt: str) -> None:
         """Run each model once so the first turn does not pay for lazy initialisation, and
-        leave the system prompt in the LLM's prefix cache (llama.cpp: ~200 ms -> ~15 ms)."""
+        leave the system prompt in the LLM's prefix cache."""
+        from voicecore.audio.frames import RECOGNITION_RATE
         from voicecore.audio.resample import resample
         from voicecore.llm.base import Message
 
         speech = await self.tts.synthesize("Hello there.")
-        await self.stt.transcribe(resample(speech, 16_000).to_float(), final=True)
+        await self.stt.transcribe(resample(speech, RECOGNITION_RATE).to_float(), final=True)
         async for _ in self.llm.stream([Message("system", system_prompt), Message("user", "Hi")]):
             break
 
@@ -47,25 +51,25 @@ def load_models(config: Config) -> Models:
 
     from voicecore.stt.whisper import WhisperSTT
     from voicecore.tts.piper import PiperTTS
+    from voicecore.turn.silero import SileroVad
 
-    # numpy's BLAS (OpenBLAS) gets one thread. Its only work here is Whisper's mel filterbank
-    # (a few million multiply-adds), and after each call its worker thread spins for ~0.1 s
-    # waiting for more: on 2 cores that took a core from the LLM reading the prompt right after
-    # the final transcript (first token 110 ms after Whisper against 84 ms alone; 81 / 81 with one
-    # BLAS thread). Process-wide, as OpenBLAS's setting is.
+    # numpy's BLAS gets one thread (process-wide, as OpenBLAS's setting is): its only work here is
+    # Whisper's mel filterbank, and its idle threads spin after each call, taking a core from the
+    # LLM reading the prompt right after the final transcript (docs/decisions.md).
     threadpool_limits(limits=1, user_api="blas")
+    scheduler = Scheduler()
     vad = SileroVad(config.vad.model)
-    stt = WhisperSTT(config.stt)
+    stt = WhisperSTT(config.stt, scheduler)
     llm: LLMEngine
     if config.llm.engine == "llama.cpp":
         from voicecore.llm.llamacpp import LlamaCppEngine
 
-        llm = LlamaCppEngine(config.llm)
+        llm = LlamaCppEngine(config.llm, scheduler)
     elif config.llm.engine == "vllm":
         from voicecore.llm.vllm import VllmEngine
 
         llm = VllmEngine(config.llm)
     else:
         raise ConfigError(f"llm.engine = {config.llm.engine!r}: use 'llama.cpp' or 'vllm'")
-    tts = PiperTTS(config.tts, use_cuda=config.stt.device == "cuda")
-    return Models(vad=vad, stt=stt, llm=llm, tts=tts)
+    tts = PiperTTS(config.tts, scheduler, use_cuda=config.stt.device == "cuda")
+    return Models(vad=vad, stt=stt, llm=llm, tts=tts, scheduler=scheduler)

@@ -1,4 +1,9 @@
-"""One thread per model, serving requests by priority.
+"""How the models of one process share the CPU: one `Scheduler`, owned by `Models`.
+
+    Scheduler
+      .worker(name)   one thread per model, serving requests by priority (`PriorityWorker`)
+      .first_audio    while a reply's first audio is synthesised, the LLM waits between tokens
+      .conversations  the conversations open now (one alone may take every core)
 
 Models are shared by every session. Work on the critical path of a turn (an LLM reply, TTS) goes
 ahead of background work (letting go of an ended conversation's LLM context); interim transcripts
@@ -16,6 +21,7 @@ import logging
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -33,15 +39,11 @@ CLOSE_GRACE = 2.0  # seconds a closing worker gives the call in progress
 class FirstAudioGate:
     """While a reply's first audio is being synthesised, the LLM waits between tokens.
 
-    Piper and llama.cpp share a 2-core box: Piper made "The largest ocean on earth" in ~95 ms
-    alone and ~130 ms while the LLM went on writing the rest of the reply. That rest is not
-    urgent (the first chunk plays for a second or more), so the LLM steps aside, token by
-    token, for at most `MAX_WAIT` each time, and the first audio leaves sooner.
-
-    The gate closes when the first chunk is handed to TTS, not when Piper starts on it, and
-    until a reply's first audio is under way the LLM lets its consumer look at each piece
-    before computing the next (`look`): otherwise the token after the one that completed the
-    first chunk ran beside Piper every time (~25 ms of CPU in its ~140 ms, traced per thread).
+    The rest of the reply is not urgent (the first chunk plays for a second or more), so the LLM
+    steps aside, token by token, for at most `MAX_WAIT` each time, and the first audio leaves
+    sooner. The reply closes the gate when it hands its first chunk to TTS (`synthesising`);
+    until then the LLM lets its consumer look at each piece before computing the next (`look`),
+    so the token after the one that completed the first chunk does not run beside TTS.
     """
 
     MAX_WAIT = 0.5
@@ -86,36 +88,53 @@ class FirstAudioGate:
             self._open.wait_for(lambda: self._synthesising == 0, self.MAX_WAIT)
 
 
-FIRST_AUDIO = FirstAudioGate()
-
-
 class Conversations:
-    """The conversations this process holds open (sessions, known weakly: one never closed is
-    forgotten once collected). With one alone, its models run one after another and a model may
-    take every core between two of its steps; with two or more, another's speech may start a
-    model at any moment."""
+    """The conversations this process holds open, each in a room ("" outside LiveKit), known
+    weakly: one never closed is forgotten once collected. With one alone, its models run one after
+    another and a model may take every core between two of its steps; with two or more, another's
+    speech may start a model at any moment. The dispatch worker's load counts them too."""
 
     def __init__(self) -> None:
-        self._open: weakref.WeakSet[object] = weakref.WeakSet()
+        self._open: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 
-    def opened(self, conversation: object) -> None:
-        self._open.add(conversation)
+    def opened(self, conversation: object, room: str = "") -> None:
+        self._open[conversation] = room
 
     def closed(self, conversation: object) -> None:
-        self._open.discard(conversation)
+        self._open.pop(conversation, None)
 
     @property
     def count(self) -> int:
         return len(self._open)
 
+    @property
+    def alone(self) -> bool:
+        """At most one conversation is open: its models run one after another."""
+        return self.count <= 1
 
-CONVERSATIONS = Conversations()
-_workers: weakref.WeakSet[PriorityWorker] = weakref.WeakSet()  # every model's, in this process
+    def per_room(self) -> Counter[str]:
+        return Counter(self._open.values())
 
 
-def busy_besides(worker: PriorityWorker) -> bool:
-    """Another model of this process is computing now (so it wants CPU cores too)."""
-    return any(other.busy for other in list(_workers) if other is not worker)
+class Scheduler:
+    """The model workers of one process and what they coordinate through. Built once with the
+    models (`Models.scheduler`) and handed to each engine; nothing here is a module global, so
+    two `Models` in one process (tests, benchmarks) never see each other's work."""
+
+    def __init__(self) -> None:
+        self.first_audio = FirstAudioGate()
+        self.conversations = Conversations()
+        self._workers: weakref.WeakSet[PriorityWorker] = weakref.WeakSet()
+
+    def worker(self, name: str, max_pending: int = 256) -> PriorityWorker:
+        """A new thread that owns one model."""
+        worker = PriorityWorker(name, max_pending)
+        self._workers.add(worker)
+        return worker
+
+    def busy_besides(self, worker: PriorityWorker) -> bool:
+        """Another model of these is computing now (so it wants CPU cores too)."""
+        return any(other.busy for other in list(self._workers) if other is not worker)
 
 
 class PriorityWorker:
@@ -128,7 +147,6 @@ class PriorityWorker:
         self._closed = False
         self.last_progress = time.monotonic()  # a job ended, or told of a step (a token)
         self.busy = False  # a job is running
-        _workers.add(self)
         self._thread = threading.Thread(target=self._run, name=f"voicecore-{name}", daemon=True)
         self._thread.start()
 

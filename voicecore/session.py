@@ -2,13 +2,15 @@
 
     push_audio(frame)            20 ms of the user's microphone, any sample rate
       -> resample to 16 kHz, keep in the utterance buffer
-      -> VadStream               speech start / end events
-      -> TurnMachine             decisions: speculate, commit, cancel, interrupt
-      -> _reply()                STT final -> LLM tokens -> chunker -> TTS, held until commit
-      -> _playout()              20 ms frames -> sink.capture_frame (the agent's microphone)
+      -> VadStream               speech and sound events
+      -> TurnMachine             decisions: speculate, commit, cancel, interrupt, transcribe early
+      -> Reply                   STT final -> LLM -> chunker -> TTS, held until commit, played
+      -> the outcome             history, the turn record, the floor open again
 
-Models are shared with other sessions; everything here is per conversation. Nothing blocks the
-event loop: inference runs on the models' worker threads.
+The agent state (`lk.agent.state`) follows the turn machine's state; `say(text)` speaks on the
+agent's own initiative through the same reply, transcript and history path. Models are shared
+with other sessions; everything here is per conversation. Nothing blocks the event loop:
+inference runs on the models' worker threads.
 """
 
 from __future__ import annotations
@@ -18,76 +20,27 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
-from voicecore.audio.frames import AudioFrame, split_frames, trim_leading_silence
-from voicecore.audio.resample import StreamResampler, resample
+from voicecore.audio.frames import RECOGNITION_RATE, AudioFrame
+from voicecore.audio.resample import StreamResampler
 from voicecore.config import Config
+from voicecore.hooks import AudioSink, SessionHooks
 from voicecore.llm.base import Message
 from voicecore.llm.history import ChatHistory
 from voicecore.metrics import TurnRecord
 from voicecore.pipeline import Models
-from voicecore.scheduling import CONVERSATIONS, stall_timeout
+from voicecore.reply import Reply, ReplyContext, ReplyOutcome
 from voicecore.stt.base import Transcript
-from voicecore.tts.chunker import SentenceChunker
 from voicecore.turn.machine import Action, Decision, TurnMachine
-from voicecore.turn.state import AgentState, TurnState
-from voicecore.turn.vad import SAMPLE_RATE, VadStream
+from voicecore.turn.state import AgentState, TurnState, agent_state
+
+__all__ = ["AudioSink", "Session", "SessionHooks"]
 
 log = logging.getLogger(__name__)
 
-EARLY_QUIET = 768  # samples (48 ms) of quiet after speech that start the final transcript early
-# Silero's confident windows go on for up to ~180 ms after the sound stops (its probability
-# decays): one ending later than this after the level's quiet began heard soft speech.
-SILERO_DECAY = 3072
 KEEP_BEFORE_ONSET = 2.0  # seconds of audio kept outside an utterance (prefix padding, barge-in)
-CHUNKS_AHEAD = 2  # synthesised chunks waiting for playout: bounds memory, keeps TTS ahead
-
-
-class AudioSink(Protocol):
-    """Where the agent's voice goes; shaped like `livekit.rtc.AudioSource`."""
-
-    async def capture_frame(self, frame: AudioFrame) -> None:
-        """Queue a frame for playout; waits while the queue is full (this paces the reply)."""
-        ...
-
-    def clear_queue(self) -> None:
-        """Drop everything queued and not yet played (barge-in)."""
-        ...
-
-    @property
-    def queued_duration(self) -> float:
-        """Seconds of audio queued and not yet played."""
-        ...
-
-    async def wait_for_playout(self) -> None: ...
-
-
-class SessionHooks:
-    """Side channels: override what you need (transcripts, state, per-turn records)."""
-
-    def on_state(self, state: AgentState) -> None: ...
-
-    def on_user_transcript(self, text: str, final: bool) -> None: ...
-
-    def on_agent_text(self, text: str) -> None:
-        """A chunk of the reply, called as its audio starts playing."""
-
-    def on_turn(self, record: TurnRecord) -> None:
-        """A turn is over (answered or interrupted)."""
-
-    def on_error(self, stage: str, error: BaseException) -> None:
-        """A stage ("stt", "llm" or "tts") failed or timed out; the turn ends with an apology."""
-
-
-@dataclass
-class _Spoken:
-    text: str
-    seconds: float
-    captured: float = 0.0  # seconds of it handed to the sink so far (the rest was never queued)
 
 
 class Session:
@@ -98,7 +51,9 @@ class Session:
         sink: AudioSink,
         hooks: SessionHooks | None = None,
         clock: Callable[[], float] = time.monotonic,
+        room: str = "",
     ) -> None:
+        """`room`: where the conversation takes place, for the process's count of conversations."""
         self.models = models
         self.config = config
         self.sink = sink
@@ -107,26 +62,23 @@ class Session:
         self.history = ChatHistory(config.llm.system_prompt)
         self.records: list[TurnRecord] = []
         self.state = AgentState.INITIALIZING
-        self._resampler = StreamResampler(SAMPLE_RATE)
-        self._vad = VadStream(models.vad, config.vad)
+        self._ctx = ReplyContext(models, config, sink, self.hooks, clock)
+        self._conversations = models.scheduler.conversations
+        self._resampler = StreamResampler(RECOGNITION_RATE)
+        self._vad = models.vad.stream(config.vad)
         self._machine = TurnMachine(config.turn)
         self._buffer = np.zeros(0, np.float32)  # recent 16 kHz audio ...
         self._buffer_start = 0  # ... starting at this stream sample
-        self._prefix = int(config.vad.prefix_padding_ms * SAMPLE_RATE / 1000)
-        self._reply_task: asyncio.Task[None] | None = None
-        self._committed = asyncio.Event()
-        self._turn: TurnRecord | None = None
+        self._prefix = int(config.vad.prefix_padding_ms * RECOGNITION_RATE / 1000)
+        self._reply: Reply | None = None
         self._turns = 0
-        self._spoken: list[_Spoken] = []  # chunks of the current reply handed to the sink
-        self._reply_msg: Message | None = None
-        self._user_msg: Message | None = None
         self._interim_task: asyncio.Task[None] | None = None
         self._interim_at = 0
-        # a final transcript started when the sound stopped, and where it stopped
-        self._early: tuple[int, asyncio.Future[Transcript]] | None = None
+        self._early: asyncio.Future[Transcript] | None = None  # a final transcript started early
+        self._idle = asyncio.Event()
         self._closed = False
-        CONVERSATIONS.opened(self)
-        self._set_state(AgentState.LISTENING)
+        self._conversations.opened(self, room)
+        self._update_state()
 
     # -- input --------------------------------------------------------------------------------
     def push_audio(self, frame: AudioFrame) -> None:
@@ -142,289 +94,123 @@ class Session:
         decisions += self._machine.on_time(self._vad.samples_seen)
         for decision in decisions:
             self._act(decision, now)
-        self._maybe_early_transcript()
         self._maybe_interim()
         self._trim_buffer()
+        self._update_state()
 
     def _act(self, decision: Decision, now: float) -> None:
         action = decision.action
         log.debug("turn decision %s at sample %d", action.value, decision.sample)
         if action is Action.SPECULATE:
             self._start_reply(self._time_of(decision.sample, now))
-        elif action is Action.CANCEL_SPECULATION:
-            self._cancel_reply()
+        elif action is Action.CANCEL_SPECULATION or action is Action.REOPEN:
+            self._drop_reply()
         elif action is Action.COMMIT:
-            if self._turn is not None:
-                self._turn.endpoint = now
-            self._committed.set()
-            self._set_state(AgentState.THINKING)
-        elif action is Action.REOPEN:
-            self._cancel_reply()
-            self._set_state(AgentState.LISTENING)
+            if self._reply is not None:
+                self._reply.commit(now)
         elif action is Action.INTERRUPT:
-            self._interrupt()
+            if self._reply is not None:
+                self._finish(self._reply, self._reply.interrupt())  # keeps only what was heard
         elif action is Action.USER_STARTED:
             self._interim_at = decision.sample
+        elif action is Action.TRANSCRIBE_EARLY:
+            self._transcribe_early()
+        elif action is Action.DROP_EARLY:
+            self._drop_early()
 
-    # -- reply ----------------------------------------------------------------------------------
+    # -- replies ----------------------------------------------------------------------------------
     def _start_reply(self, speech_end: float) -> None:
-        self._cancel_reply()
+        self._drop_reply()
         self._turns += 1
-        self._turn = TurnRecord(turn=self._turns, speech_end=speech_end)
-        self._committed = asyncio.Event()
-        self._spoken = []
-        transcript = self._take_early_transcript()
+        turn = TurnRecord(turn=self._turns, speech_end=speech_end)
+        transcript, self._early = self._early, None
         if transcript is None:
-            audio = self._utterance_audio()
-            transcript = asyncio.ensure_future(self.models.stt.transcribe(audio, final=True))
-        else:
-            self._turn.extra["early_transcript"] = True
-        self._reply_task = asyncio.create_task(
-            self._reply(self._turn, transcript, self._committed), name=f"reply-{self._turns}"
-        )
-
-    async def _reply(
-        self, turn: TurnRecord, transcript: asyncio.Future[Transcript], committed: asyncio.Event
-    ) -> None:
-        producer: asyncio.Task[None] | None = None
-        try:
-            chunks: asyncio.Queue[tuple[str, AudioFrame] | None] = asyncio.Queue(CHUNKS_AHEAD)
-            timeout = self.config.turn.stage_timeout
-            text = ""
-            try:
-                async with stall_timeout(timeout, lambda: self.models.stt.last_progress):
-                    text = (await transcript).text
-            except Exception as e:  # a failed or hung STT: the reply is the apology
-                self._stage_failed(turn, "stt", e)
-                producer = asyncio.create_task(self._apologise(turn, chunks))
-            else:
-                turn.stt_final = self.clock()
-                turn.user_text = text
-                self._machine.on_transcript(text)
-                if text:
-                    messages = [*self.history.messages(), Message("user", text)]
-                    producer = asyncio.create_task(self._produce(turn, messages, chunks))
-                else:
-                    chunks.put_nowait(None)  # no words: a cough, a noise; nothing to answer
-            await committed.wait()
-            turn.speculative = (
-                turn.stt_final is not None and turn.endpoint is not None and (turn.stt_final <= turn.endpoint)
+            transcript = asyncio.ensure_future(
+                self.models.stt.transcribe(self._utterance_audio(), final=True)
             )
-            if text:
-                self.hooks.on_user_transcript(text, True)
-                self._user_msg = Message("user", text)
-                self._reply_msg = Message("assistant", "")
-                self.history.turns += [self._user_msg, self._reply_msg]
-            await self._playout(turn, chunks)
-            await self.sink.wait_for_playout()
-            self._finish_turn(turn)
-        except Exception:
-            # A stage failed: end the turn cleanly, the conversation goes on.
-            log.exception("turn %d failed", turn.turn)
-            await committed.wait()
-            self._finish_turn(turn)
-        finally:
-            transcript.cancel()  # not yet started: never will be
-            if producer is not None:
-                producer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await producer
+        else:
+            turn.extra["early_transcript"] = True
+        reply = Reply.answer(
+            self._ctx, turn, transcript, self.history,
+            on_transcript=self._machine.on_transcript, on_first_frame=self._agent_speaking,
+        )  # fmt: skip
+        self._follow(reply)
 
-    async def _produce(
-        self,
-        turn: TurnRecord,
-        messages: list[Message],
-        chunks: asyncio.Queue[tuple[str, AudioFrame] | None],
-    ) -> None:
-        """LLM tokens -> clauses -> speech, ahead of playout by at most CHUNKS_AHEAD chunks."""
-        tts = self.config.tts
-        chunker = SentenceChunker(tts.first_chunk_min_words, tts.chunk_min_words)
-        self.history.trim(
-            self.models.llm.context_tokens - self.config.llm.max_tokens, self.models.llm.count_tokens
+    async def say(self, text: str) -> str:
+        """Speak `text` now on the agent's own initiative (a greeting, a notice), through the
+        same playout, transcripts and history as a reply; the person can interrupt it. Returns
+        the words heard; "" at once if the person is speaking or a turn is under way."""
+        if self._closed or not self._machine.agent_says():
+            return ""
+        self._update_state()
+        reply = Reply.saying(
+            self._ctx, TurnRecord(turn=0, speech_end=self.clock()), text, self._agent_speaking
         )
-        timeout = self.config.turn.stage_timeout
-        stream = self.models.llm.stream(messages)
+        self._follow(reply)
         try:
-            while True:
-                try:
-                    async with stall_timeout(timeout, lambda: self.models.llm.last_progress):
-                        piece = await anext(stream)
-                except StopAsyncIteration:
-                    break
-                except Exception as e:
-                    self._stage_failed(turn, "llm", e)
-                    await self._apologise(turn, chunks)
-                    return
-                if turn.llm_first_token is None:
-                    turn.llm_first_token = self.clock()
-                for text in chunker.push(piece):
-                    if not await self._speak_chunk(turn, text, chunks):
-                        return
-            for text in chunker.flush():
-                if not await self._speak_chunk(turn, text, chunks):
-                    return
-        finally:
-            with contextlib.suppress(Exception):
-                await stream.aclose()  # type: ignore[attr-defined]
-            # The end mark is for playout. Once cancelled, playout is gone: with the queue full
-            # of speech made ahead, waiting for room would wait forever (and so would whoever
-            # waits for this task).
-            if not _cancelling():
-                await chunks.put(None)
+            return (await asyncio.shield(reply.outcome)).heard
+        except asyncio.CancelledError:
+            if reply.outcome.cancelled() and not _cancelling():
+                return ""  # the session closed under it
+            raise
 
-    async def _apologise(
-        self, turn: TurnRecord, chunks: asyncio.Queue[tuple[str, AudioFrame] | None]
-    ) -> None:
-        """Say the configured apology (unless TTS itself is what failed), then end the reply."""
-        apology = self.config.turn.apology
-        if apology and "tts" not in turn.extra.get("failed", []):
-            await self._speak_chunk(turn, apology, chunks, apology=True)
-        await chunks.put(None)
+    def _follow(self, reply: Reply) -> None:
+        self._reply = reply
+        reply.outcome.add_done_callback(lambda outcome: self._played(reply, outcome))
+        self._update_state()
 
-    def _stage_failed(self, turn: TurnRecord, stage: str, error: BaseException) -> None:
-        kind = "timed out" if isinstance(error, TimeoutError) else f"failed: {error!r}"
-        log.error("turn %d: %s %s", turn.turn, stage, kind)
-        turn.extra.setdefault("failed", []).append(stage)
-        self.hooks.on_error(stage, error)
+    def _played(self, reply: Reply, outcome: asyncio.Future[ReplyOutcome]) -> None:
+        if reply is self._reply and not outcome.cancelled():
+            self._finish(reply, outcome.result())
 
-    async def _speak_chunk(
-        self,
-        turn: TurnRecord,
-        text: str,
-        chunks: asyncio.Queue[tuple[str, AudioFrame] | None],
-        apology: bool = False,
-    ) -> bool:
-        """Synthesise one chunk and queue it for playout; False if TTS failed."""
-        if turn.first_chunk_text is None and not apology:
-            turn.first_chunk_text = self.clock()
-        first = turn.tts_first_audio is None
-        try:
-            async with stall_timeout(self.config.turn.stage_timeout, lambda: self.models.tts.last_progress):
-                audio = await self.models.tts.synthesize(text, first=first)
-        except Exception as e:
-            self._stage_failed(turn, "tts", e)
-            return False
-        if first:
-            audio = trim_leading_silence(audio)  # the first sound out is what latency is
-        if turn.tts_first_audio is None and not apology:
-            turn.tts_first_audio = self.clock()
-        await chunks.put((text, resample(audio, self.config.audio.output_sample_rate)))
-        return True
-
-    async def _playout(self, turn: TurnRecord, chunks: asyncio.Queue[tuple[str, AudioFrame] | None]) -> None:
-        while (item := await chunks.get()) is not None:
-            text, audio = item
-            if turn.first_frame_out is None:
-                turn.first_frame_out = self.clock()
-                self._machine.agent_speaking()
-                self._set_state(AgentState.SPEAKING)
-            spoken = _Spoken(text, audio.duration)
-            self._spoken.append(spoken)
-            if self._reply_msg is not None:
-                self._reply_msg.content = " ".join(s.text for s in self._spoken)
-            self.hooks.on_agent_text(text)
-            for frame in split_frames(audio):
-                await self.sink.capture_frame(frame)
-                spoken.captured += frame.duration
-
-    def _finish_turn(self, turn: TurnRecord, heard: str | None = None) -> None:
-        turn.agent_text = heard if heard is not None else " ".join(s.text for s in self._spoken)
-        if self._reply_msg is not None and not self._reply_msg.content.strip():
-            self._remove(self._reply_msg)
-        self._reply_msg = self._user_msg = None
-        self.records.append(turn)
-        self.hooks.on_turn(turn)
-        self._turn = None
+    def _finish(self, reply: Reply, outcome: ReplyOutcome) -> None:
+        """A reply is over (played, or interrupted): what was said goes into the history, the
+        turn into the records, and the floor is open again."""
+        self._reply = None
+        self.hooks.on_agent_said(outcome.heard)
+        if outcome.said:
+            self.history.add_said(outcome.heard)
+        else:
+            if outcome.user_text:
+                self.history.commit(outcome.user_text, outcome.heard)
+            self.records.append(outcome.turn)
+            self.hooks.on_turn(outcome.turn)
         self._read_ahead("")  # the user's header after this reply
         for decision in self._machine.agent_done():
             self._act(decision, self.clock())
-        if self._machine.state is TurnState.LISTENING:
-            self._set_state(AgentState.LISTENING)
+        self._update_state()
 
-    def _interrupt(self) -> None:
-        """Barge-in: silence the agent now, keep in the history only what was heard."""
-        turn = self._turn
-        heard = self._heard_text()
-        self.sink.clear_queue()
-        self._cancel_reply(keep_history=True)
-        if self._reply_msg is not None:
-            self._reply_msg.content = heard
-        if turn is not None:
-            turn.interrupted = True
-            self._finish_turn(turn, heard)
-        self._set_state(AgentState.LISTENING)
+    def _drop_reply(self) -> None:
+        """Cancel a speculative reply (or one that ran on past its turn); nothing more is played."""
+        if self._reply is not None:
+            self._reply.cancel()
+            self._reply = None
 
-    def _heard_text(self) -> str:
-        """The words of the reply that reached the user: played chunks, and the played share
-        of the chunk in progress (words are spread evenly over its audio)."""
-        played = sum(s.captured for s in self._spoken) - self.sink.queued_duration
-        words: list[str] = []
-        for spoken in self._spoken:
-            if played <= 0:
-                break
-            chunk_words = spoken.text.split()
-            share = min(1.0, played / spoken.seconds) if spoken.seconds else 1.0
-            words += chunk_words[: int(len(chunk_words) * share + 1e-9)]
-            played -= spoken.seconds
-        return " ".join(words)
+    def _agent_speaking(self) -> None:
+        self._machine.agent_speaking()
+        self._update_state()
 
-    def _cancel_reply(self, keep_history: bool = False) -> None:
-        """Cancel a speculative or running reply; nothing more of it is played."""
-        if self._reply_task is not None and not self._reply_task.done():
-            self._reply_task.cancel()
-        self._reply_task = None
-        if not keep_history:
-            for message in (self._reply_msg, self._user_msg):
-                if message is not None:
-                    self._remove(message)
-            self._reply_msg = self._user_msg = None
-            self._turn = None
+    # -- transcripts before the reply ---------------------------------------------------------------
+    def _transcribe_early(self) -> None:
+        """Only while this conversation is alone: a dropped early transcript costs a core for
+        ~0.1 s, which another conversation's reply may need."""
+        if self._early is None and self._conversations.alone:
+            self._early = asyncio.ensure_future(
+                self.models.stt.transcribe(self._utterance_audio(), final=True)
+            )
+            self._early.add_done_callback(_seen)  # a dropped one's error is nobody's to log
 
-    def _remove(self, message: Message) -> None:
-        self.history.turns = [m for m in self.history.turns if m is not message]
-
-    # -- early final transcript -----------------------------------------------------------------
-    def _maybe_early_transcript(self) -> None:
-        """The sound stopped 48 ms ago while Silero still hears speech: start the final transcript
-        now. Dropped if the sound comes back (a stop consonant, a breath) before Silero's first
-        quiet window, which takes it over otherwise. Only while this conversation is alone: a
-        dropped one costs a core for ~0.1 s, which another conversation's reply may need."""
-        quiet_from = self._vad.quiet_from
-        if self._early is not None and self._early[0] != quiet_from:
-            self._early[1].cancel()
+    def _drop_early(self) -> None:
+        if self._early is not None:
+            self._early.cancel()
             self._early = None
-        if (
-            self._early is None
-            and quiet_from is not None
-            and self._vad.samples_seen - quiet_from >= EARLY_QUIET
-            and self._machine.state is TurnState.USER_SPEAKING
-            and self.config.turn.early_transcript
-            and CONVERSATIONS.count <= 1
-        ):
-            audio = self._utterance_audio()
-            transcript = asyncio.ensure_future(self.models.stt.transcribe(audio, final=True))
-            transcript.add_done_callback(_seen)  # a dropped one's error is nobody's to log
-            self._early = (quiet_from, transcript)
 
-    def _take_early_transcript(self) -> asyncio.Future[Transcript] | None:
-        """The early transcript, if the sound has not come back since it started and Silero did
-        not hear speech on well after it (soft speech the level took for quiet)."""
-        early, self._early = self._early, None
-        if early is None:
-            return None
-        quiet_from, transcript = early
-        if quiet_from != self._vad.quiet_from or self._vad.last_speech_sample > quiet_from + SILERO_DECAY:
-            transcript.cancel()
-            return None
-        return transcript
-
-    # -- interim transcripts --------------------------------------------------------------------
     def _maybe_interim(self) -> None:
         if self._machine.state is not TurnState.USER_SPEAKING:
             return
         if self._interim_task is not None and not self._interim_task.done():
             return  # one at a time per session; a slow model gets fewer interims
-        interval = int(self.config.turn.interim_interval * SAMPLE_RATE)
+        interval = int(self.config.turn.interim_interval * RECOGNITION_RATE)
         if self._vad.samples_seen - self._interim_at < interval:
             return
         self._interim_at = self._vad.samples_seen
@@ -443,13 +229,12 @@ class Session:
                 self._read_ahead(transcript.text)
 
     def _read_ahead(self, words: str) -> None:
-        """Let the LLM read the next prompt as far as it is known (the history, and the words
-        heard so far), while this conversation is alone: with several, their contexts would take
-        turns in the one llama.cpp context for nothing."""
-        if CONVERSATIONS.count <= 1:
+        """Let the LLM read the next prompt as far as it is known, while this conversation is
+        alone: with several, their contexts would take turns in the one llama.cpp context."""
+        if self._conversations.alone:
             self.models.llm.read_ahead([*self.history.messages(), Message("user", words)])
 
-    # -- buffers and time -----------------------------------------------------------------------
+    # -- buffers, time and state ----------------------------------------------------------------
     def _utterance_audio(self) -> np.ndarray:
         start = max(self._machine.utterance_start - self._prefix - self._buffer_start, 0)
         return self._buffer[start:].copy()
@@ -458,7 +243,7 @@ class Session:
         if self._machine.state in (TurnState.USER_SPEAKING, TurnState.USER_PAUSED):
             keep_from = self._machine.utterance_start - self._prefix
         else:
-            keep_from = self._vad.samples_seen - int(KEEP_BEFORE_ONSET * SAMPLE_RATE)
+            keep_from = self._vad.samples_seen - int(KEEP_BEFORE_ONSET * RECOGNITION_RATE)
         drop = keep_from - self._buffer_start
         if drop > 0:
             self._buffer = self._buffer[drop:]
@@ -466,43 +251,56 @@ class Session:
 
     def _time_of(self, sample: int, now: float) -> float:
         """Clock time of a stream sample: `now` is when the latest sample arrived."""
-        return now - (self._vad.samples_seen - sample) / SAMPLE_RATE
+        return now - (self._vad.samples_seen - sample) / RECOGNITION_RATE
 
-    def _set_state(self, state: AgentState) -> None:
+    def _update_state(self) -> None:
+        """The one place the agent state changes: it follows the turn machine."""
+        state = agent_state(self._machine.state)
         if state is not self.state:
             self.state = state
             self.hooks.on_state(state)
+        if self.busy:
+            self._idle.clear()
+        else:
+            self._idle.set()
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property
     def busy(self) -> bool:
         """True while a turn is in progress (user speaking, agent thinking or speaking)."""
-        return (
-            self._machine.state is not TurnState.LISTENING
-            or self._reply_task is not None
-            and (not self._reply_task.done())
+        return self._machine.state is not TurnState.LISTENING or (
+            self._reply is not None and not self._reply.done
         )
+
+    async def wait_for_idle(self) -> None:
+        """Until the turn under way is over: the person has stopped and the reply has played (at
+        once if none is). The endpoint is decided on audio time: keep pushing audio (silence
+        included) while you wait, as a live microphone does."""
+        await self._idle.wait()
 
     async def aclose(self) -> None:
         """Stop everything this session started; the shared models stay loaded."""
         self._closed = True
-        CONVERSATIONS.closed(self)
-        early = self._early[1] if self._early is not None else None
-        tasks = [t for t in (self._reply_task, self._interim_task, early) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self._conversations.closed(self)
+        reply, self._reply = self._reply, None
+        if reply is not None:
+            reply.cancel()
+            await reply.wait_closed()
+        for task in (self._interim_task, self._early):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         self.sink.clear_queue()
+        self._idle.set()
         self.models.llm.forget(self.history.messages())
-
-
-def _seen(future: asyncio.Future[Transcript]) -> None:
-    if not future.cancelled():
-        future.exception()  # marks it retrieved; a reply that awaits it still gets the error
 
 
 def _cancelling() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def _seen(future: asyncio.Future[Transcript]) -> None:
+    if not future.cancelled():
+        future.exception()  # marks it retrieved; a reply that awaits it still gets the error

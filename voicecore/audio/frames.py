@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 FRAME_MS = 20  # LiveKit's AudioStream hands out 10-20 ms frames; 20 ms is our unit everywhere.
+RECOGNITION_RATE = 16_000  # what the VAD, Whisper and the turn machine hear (Silero and Whisper need it)
 
 
 @dataclass(frozen=True)

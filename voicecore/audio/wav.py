@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from voicecore.audio.frames import AudioFrame, float_to_int16
+from voicecore.audio.frames import RECOGNITION_RATE, AudioFrame, float_to_int16
 from voicecore.audio.resample import resample_float
 from voicecore.errors import AudioFormatError
 
 WAVE_FORMAT_PCM = 0x0001
 WAVE_FORMAT_IEEE_FLOAT = 0x0003
 WAVE_FORMAT_EXTENSIBLE = 0xFFFE
-RECOGNITION_RATE = 16_000
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:

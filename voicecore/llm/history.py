@@ -1,8 +1,9 @@
-"""Chat history kept as a stable prefix, trimmed to the context window.
+"""Chat history kept as a stable prefix, trimmed to the context window before each prompt.
 
-Engines cache the key/values of the longest prompt prefix they saw last (llama.cpp: first token
-307 ms -> 66 ms for SmolLM2 on 2 cores). So messages are only ever appended, or the oldest
-turns dropped as a block when the window is full, never rewritten in the middle.
+Engines cache the key/values of the longest prompt prefix they saw last, so messages are only
+ever appended, or the oldest exchanges dropped as a block when the window is full, never
+rewritten in the middle. The history owns its changes: a reply's exchange goes in once the reply
+is over (`commit`, with the reply as heard), words the agent said on its own with `add_said`.
 """
 
 from __future__ import annotations
@@ -17,47 +18,47 @@ PER_MESSAGE_OVERHEAD = 6  # role markers of a chat template
 class ChatHistory:
     def __init__(self, system_prompt: str) -> None:
         self.system = Message("system", system_prompt)
-        self.turns: list[Message] = []
+        self._turns: list[Message] = []
 
-    def add_user(self, text: str) -> None:
-        self.turns.append(Message("user", text))
-
-    def add_assistant(self, text: str) -> None:
-        self.turns.append(Message("assistant", text))
-
-    def replace_last_assistant(self, text: str) -> None:
-        """Cut the last reply to what the user actually heard (barge-in)."""
-        if self.turns and self.turns[-1].role == "assistant":
-            if text.strip():
-                self.turns[-1].content = text
-            else:
-                self.turns.pop()  # nothing was heard
-
-    def drop_last_user(self) -> None:
-        if self.turns and self.turns[-1].role == "user":
-            self.turns.pop()
+    @property
+    def turns(self) -> tuple[Message, ...]:
+        """The user's and the agent's messages, oldest first (read-only)."""
+        return tuple(self._turns)
 
     def messages(self) -> list[Message]:
-        return [self.system, *self.turns]
+        return [self.system, *self._turns]
 
-    def trim(self, budget_tokens: int, count_tokens: Callable[[str], int]) -> None:
-        """Drop the oldest exchanges until the prompt fits in `budget_tokens`."""
+    def prompt(self, user_text: str, budget_tokens: int, count_tokens: Callable[[str], int]) -> list[Message]:
+        """The messages to answer `user_text` with, within `budget_tokens` (the context window
+        less the reply's own tokens). The oldest exchanges are dropped for good to make room; the
+        new message counts, and one longer than the window keeps its end, the freshest words."""
 
         def cost(m: Message) -> int:
             return count_tokens(m.content) + PER_MESSAGE_OVERHEAD
 
-        total = sum(cost(m) for m in self.messages())
-        while total > budget_tokens and len(self.turns) > 1:
-            dropped = self.turns.pop(0)
-            total -= cost(dropped)
+        user = Message("user", user_text)
+        total = cost(self.system) + sum(cost(m) for m in self._turns) + cost(user)
+        while total > budget_tokens and self._turns:
+            total -= cost(self._turns.pop(0))
             # keep user/assistant alternation: never start with an assistant message
-            while self.turns and self.turns[0].role == "assistant":
-                total -= cost(self.turns.pop(0))
-        if total > budget_tokens and self.turns:
-            # A single monologue longer than the window: keep its end, the freshest words.
-            last = self.turns[-1]
-            spare = budget_tokens - (total - cost(last))
-            words = last.content.split()
+            while self._turns and self._turns[0].role == "assistant":
+                total -= cost(self._turns.pop(0))
+        if total > budget_tokens:
+            spare = budget_tokens - cost(self.system)
+            words = user_text.split()
             while words and count_tokens(" ".join(words)) + PER_MESSAGE_OVERHEAD > spare:
                 words = words[max(1, len(words) // 10) :]
-            last.content = " ".join(words)
+            user = Message("user", " ".join(words))
+        return [*self.messages(), user]
+
+    def commit(self, user_text: str, reply: str) -> None:
+        """A turn is over: the person's words and the reply as they heard it (nothing heard: no
+        assistant message)."""
+        self._turns.append(Message("user", user_text))
+        if reply.strip():
+            self._turns.append(Message("assistant", reply))
+
+    def add_said(self, text: str) -> None:
+        """Words the agent said on its own (a greeting), as heard."""
+        if text.strip():
+            self._turns.append(Message("assistant", text))

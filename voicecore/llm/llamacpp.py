@@ -1,34 +1,21 @@
 """llama.cpp engine (CPU default), through llama-cpp-python, in-process.
 
 llama.cpp runs one generation at a time: requests from every session are serialised on one
-worker thread, each reply whole. llama-cpp-python keeps the KV cache of the previous prompt and
-re-evaluates only the tokens after the longest common prefix, which `ChatHistory` keeps stable.
+worker thread, each reply whole (on a saturated CPU the fewest prompt re-reads win; capacity,
+`livekit.max_conversations`, keeps the CPU from saturating). llama-cpp-python keeps the KV cache
+of the previous prompt and re-evaluates only the tokens after the longest common prefix, which
+`ChatHistory` keeps stable.
 
-Tried and measured (benchmarks/run.py, 2 cores): generating replies in slices of 16 tokens, so a
-new turn's first clause need not wait for other conversations' whole replies, re-read a prompt
-at every switch and made 4 conversations slower (p90 2.7 -> 5.3 s); stepping aside only for a
-waiting first clause did no better in the soak (more first tokens past the stage timeout). On a
-saturated CPU the fewest prompt re-reads win; capacity (`livekit.max_conversations`) keeps the
-CPU from being saturated. Generating on every core is ~35 % faster per token when idle, but
-ggml's threads spin at barriers: with Whisper or Piper busy, a reply took seconds. Switching to
-every core token by token whenever no other model was computing took 40-65 ms off a lone turn's
-first clause but raised 2 conversations' p90 voice-to-voice from ~1.2 to ~1.6 s (benchmarks/run.py
---quick, A/B/A): another conversation's speech starts Whisper at any moment. So every core is
-taken only by a lone conversation (`scheduling.CONVERSATIONS`), token by token, while no other
-model computes; in-process its first clause came ~20 ms sooner and its prompt ~10 ms sooner.
+Generation runs on one core fewer than the machine has: ggml's threads spin at barriers, and
+with Whisper or Piper busy beside them a reply slows to seconds. It takes every core only for a
+lone conversation (another's speech may start Whisper at any moment), token by token, while no
+other model computes.
 
-Several conversations share the one context. Re-reading a long history at every switch cost
-seconds on 2 cores (the soak: first tokens 8-10 s late at turn 8 of 4 conversations), so the
-context of the conversation switched away from is kept (`Contexts`: its KV cells, ~23 kB a
-token for SmolLM2-135M, bounded) and put back when that conversation speaks again: only its
-new words are read. One conversation alone never switches and pays nothing.
-
-The prompt is read ahead while a lone conversation's person speaks (`read_ahead`): the user's
-header once a reply is over, then after each interim transcript the words heard so far but the
-last (which may still change), on one thread. The reply then reads only the rest, the last word
-or two and the assistant's header: ~8 tokens instead of ~19. In-process the first token came
-30 against 47 ms after the request (idle); through LiveKit 47 against 67 ms after the final
-transcript (p50, 32 turns back to back).
+Several conversations share the one context: the context of the one switched away from is kept
+(`Contexts`, bounded) and put back when that conversation speaks again, so only its new words
+are read. While a lone conversation's person speaks, the prompt is read ahead (`read_ahead`), so
+the reply reads only the last word or two and the assistant's header. The figures behind each
+choice: docs/decisions.md.
 """
 
 from __future__ import annotations
@@ -49,14 +36,7 @@ from voicecore.errors import ConfigError
 from voicecore.llm.base import Message
 from voicecore.llm.weights import fast_cpu_copy
 from voicecore.models import bundled_gguf
-from voicecore.scheduling import (
-    BACKGROUND,
-    CONVERSATIONS,
-    CRITICAL,
-    FIRST_AUDIO,
-    PriorityWorker,
-    busy_besides,
-)
+from voicecore.scheduling import BACKGROUND, CRITICAL, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +46,7 @@ SAVED_CONTEXTS_BYTES = 128 << 20  # KV cells kept for conversations switched awa
 
 
 class LlamaCppEngine:
-    def __init__(self, config: LlmConfig) -> None:
+    def __init__(self, config: LlmConfig, scheduler: Scheduler | None = None) -> None:
         from llama_cpp import Llama
 
         cores = os.cpu_count() or 2
@@ -98,7 +78,8 @@ class LlamaCppEngine:
         self.model_name = model
         self.config = config
         self.context_tokens = config.context_tokens
-        self._worker = PriorityWorker("llm")
+        self._scheduler = scheduler or Scheduler()
+        self._worker = self._scheduler.worker("llm")
         self._contexts = Contexts(self._llama, SAVED_CONTEXTS_BYTES)
         self._template = _template(self._llama)
         self._ahead: list[dict[str, str]] | None = None  # the latest prompt to read ahead
@@ -163,6 +144,8 @@ class LlamaCppEngine:
             except RuntimeError:
                 stop.set()  # the loop is gone
 
+        gate = self._scheduler.first_audio
+
         def generate() -> None:
             said: list[str] = []
             first_audio = False  # a first audio is being made: the consumer need not look first
@@ -187,8 +170,8 @@ class LlamaCppEngine:
                         if first_audio:
                             hand_over(piece)
                         else:  # it may complete the first chunk: Piper gets the cores first
-                            first_audio = FIRST_AUDIO.look(partial(hand_over, piece))
-                    FIRST_AUDIO.wait()  # a reply's first audio being made goes first
+                            first_audio = gate.look(partial(hand_over, piece))
+                    gate.wait()  # a reply's first audio being made goes first
             except Exception as e:  # handed to the consumer, raised there
                 hand_over(e)
             finally:
@@ -204,17 +187,17 @@ class LlamaCppEngine:
                 if isinstance(item, Exception):
                     raise item
                 yield item
-                FIRST_AUDIO.looked()
+                gate.looked()
         finally:
             stop.set()  # the worker stops after the token in progress
-            FIRST_AUDIO.looked()  # and does not wait for this consumer
+            gate.looked()  # and does not wait for this consumer
             if not job.done():
                 job.cancel()  # if it has not started yet, it never will
 
     def _pick_threads(self) -> None:
         """Worker thread, between two tokens: every core for a lone conversation while no other
         model computes, else one fewer."""
-        alone = CONVERSATIONS.count <= 1 and not busy_besides(self._worker)
+        alone = self._scheduler.conversations.alone and not self._scheduler.busy_besides(self._worker)
         threads = self._threads_alone if alone else self._threads_sharing
         if threads != self._threads:
             self._threads = threads

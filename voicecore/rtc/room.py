@@ -1,8 +1,8 @@
-"""voicecore in one LiveKit room: a person's microphone in, the agent's voice out.
+"""voicecore in one LiveKit room: joins, publishes the agent's voice, serves every person.
 
-    track_subscribed(mic) -> rtc.AudioStream (16 kHz mono, 20 ms) -> from_rtc -> Session.push_audio
-    the Session's reply   -> VoiceLane -> AgentVoice (one rtc.AudioSource) -> the agent's mic track
-    SessionHooks          -> lk.transcription text streams and the lk.agent.state attribute
+    participant joins      -> a Conversation (conversation.py: their Session, transcripts, lane)
+    track_subscribed(mic)  -> that Conversation listens
+    each Conversation's reply -> its VoiceLane -> AgentVoice (one rtc.AudioSource) -> the agent's track
 
 Several people in a room: one `Conversation` (its own Session: VAD, turn state, history) per
 person, so two people's words never meet in one transcript or one prompt. The agent answers
@@ -12,9 +12,7 @@ conversation: speaking > thinking > listening.
 
 People come and go: a Conversation belongs to one participant session (its sid), not just to an
 identity, so a person who rejoins as themselves (a reloaded page) gets a fresh Conversation even
-when LiveKit reports the new arrival before the old one's departure. A person with two
-microphones is heard through one: the first microphone track (an unlabelled audio track when
-they have none); another is ignored with one log line and takes over if the first goes away.
+when LiveKit reports the new arrival before the old one's departure.
 
 The server restarted: the SDK retries on a schedule that stretches to seconds between attempts,
 and a restarted server has forgotten the room, so the SDK can only rejoin, not resume. A room
@@ -34,25 +32,19 @@ from typing import Any
 
 from livekit import rtc
 
-from voicecore.audio.frames import FRAME_MS, split_frames
-from voicecore.audio.resample import resample
 from voicecore.config import Config
-from voicecore.llm.base import Message
-from voicecore.metrics import TurnLog, TurnRecord
+from voicecore.metrics import TurnLog
 from voicecore.pipeline import Models
+from voicecore.rtc.conversation import Conversation, RoomContext, is_voice
 from voicecore.rtc.observer import Observer
 from voicecore.rtc.tasks import Backoff, server_answers
-from voicecore.rtc.transcription import Outbox, TranscriptStream, post_turn_metrics
-from voicecore.rtc.voice import AgentVoice, from_rtc
-from voicecore.session import Session, SessionHooks
+from voicecore.rtc.transcription import Outbox
+from voicecore.rtc.voice import AgentVoice
 from voicecore.turn.state import AgentState
-from voicecore.turn.vad import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
 ATTR_STATE = "lk.agent.state"
-AUDIO_BACKLOG = 50  # 20 ms frames a stalled loop may owe one person before the oldest drop
-GREETING_WAIT = 5.0  # seconds to wait for the person to subscribe to the agent before greeting
 # While the connection is lost: how often to ask the server whether it is back (jittered, bounded:
 # a refused TCP connection a second costs nothing), and how long to leave a server that never
 # refused (a proxy in front answers for it) to the SDK's own retries before rejoining anyway.
@@ -66,197 +58,12 @@ STATE_ORDER = [AgentState.INITIALIZING, AgentState.IDLE, AgentState.LISTENING,
 
 
 NOT_PEOPLE = (rtc.ParticipantKind.PARTICIPANT_KIND_AGENT, rtc.ParticipantKind.PARTICIPANT_KIND_EGRESS)
-# Audio a person speaks into, best first. Screen-share audio is not them talking.
-VOICE_SOURCES = (rtc.TrackSource.SOURCE_MICROPHONE, rtc.TrackSource.SOURCE_UNKNOWN)
 
 
 def is_person(participant: rtc.RemoteParticipant) -> bool:
     """Agents (ourselves in another job, other bots) and recorders are not talked to; people
     on a phone (SIP) or through ingress are."""
     return participant.kind not in NOT_PEOPLE
-
-
-class Conversation(SessionHooks):
-    """One person in the room: their Session, their lane of the agent's voice, their transcripts."""
-
-    def __init__(self, room: AgentRoom, participant: rtc.RemoteParticipant) -> None:
-        self.room = room
-        self.identity = participant.identity
-        self.participant_sid = participant.sid
-        self.track_sid = ""  # the track listened to
-        self._tracks: dict[str, tuple[rtc.Track, rtc.TrackSource.ValueType]] = {}  # all, by sid
-        self._deaf = False
-        self.state = AgentState.INITIALIZING
-        self.greeting = False
-        local = room.room.local_participant
-        self.user_transcript = TranscriptStream(room.outbox, local, self.identity, lambda: self.track_sid)
-        self.agent_transcript = TranscriptStream(
-            room.outbox, local, local.identity, lambda: room.voice.track_sid
-        )
-        self._reply: list[str] = []
-        self.lane = room.voice.lane(self.identity)
-        self.session = Session(room.models, room.config, self.lane, hooks=self)
-        self._pump: asyncio.Task[None] | None = None
-        self._greet: asyncio.Task[None] | None = None
-        self._closed = False
-        room.observer.on_conversation_started(room.name, self.identity)
-
-    # -- SessionHooks: called synchronously by the Session, so they only post sends ------------
-    def on_state(self, state: AgentState) -> None:
-        self.state = state
-        self.room.update_state()
-
-    def on_user_transcript(self, text: str, final: bool) -> None:
-        if final:
-            self.user_transcript.final(text)
-        else:
-            self.user_transcript.interim(text)
-
-    def on_agent_text(self, text: str) -> None:
-        self._reply.append(text)
-        self.agent_transcript.interim(" ".join(self._reply))
-
-    def on_turn(self, record: TurnRecord) -> None:
-        if self.agent_transcript.open:
-            self.agent_transcript.final(record.agent_text)  # as heard: cut at a barge-in
-        self._reply = []
-        self.room.observer.on_turn(self.room.name, self.identity, record)
-        if self.room.turn_log is not None:
-            self.room.turn_log.write(record, room=self.room.name, participant=self.identity)
-        if self.room.config.livekit.turn_metrics:
-            post_turn_metrics(
-                self.room.outbox, self.room.room.local_participant, self.identity, record, self._present
-            )
-        latency = record.latencies_ms()
-        log.info(
-            "room %s, %s: turn %d%s, voice-to-voice %s ms",
-            self.room.name, self.identity, record.turn,
-            " (interrupted)" if record.interrupted else "", latency["voice_to_voice"],
-        )  # fmt: skip
-        log.debug("room %s, %s: %r -> %r", self.room.name, self.identity,
-                  record.user_text, record.agent_text)  # fmt: skip
-
-    def _present(self) -> bool:
-        """This person is still in the room (a send addressed to someone who left gets no answer)."""
-        return any(p.sid == self.participant_sid for p in self.room.room.remote_participants.values())
-
-    def on_error(self, stage: str, error: BaseException) -> None:
-        self.room.observer.on_error(stage)
-
-    @property
-    def effective_state(self) -> AgentState:
-        return AgentState.SPEAKING if self.greeting else self.state
-
-    # -- audio in ---------------------------------------------------------------------------------
-    def add_track(self, track: rtc.Track, publication: rtc.TrackPublication) -> None:
-        """A voice track of this person's: listened to if it is the best one they have."""
-        self._tracks[publication.sid] = (track, publication.source)
-        best = self._best_track()
-        if best != self.track_sid and not self._deaf:
-            if self.track_sid:
-                log.info("room %s, %s: listening to track %s instead of %s",
-                         self.room.name, self.identity, best, self.track_sid)  # fmt: skip
-            self._listen_to(best)
-        elif best != publication.sid:
-            log.info(
-                "room %s, %s: a second voice track (%s) is ignored; listening to %s",
-                self.room.name, self.identity, publication.sid, self.track_sid,
-            )  # fmt: skip
-
-    def remove_track(self, track_sid: str) -> None:
-        """A track went away; if it was the one listened to, the next best takes over."""
-        if self._tracks.pop(track_sid, None) is None or track_sid != self.track_sid:
-            return
-        self._stop_pump()
-        self.track_sid = ""
-        if self._tracks and not self._deaf:
-            best = self._best_track()
-            log.info("room %s, %s: track %s gone, listening to %s",
-                     self.room.name, self.identity, track_sid, best)  # fmt: skip
-            self._listen_to(best)
-
-    def stop_listening(self, track_sid: str) -> None:
-        """Hear no more from this person (a draining agent), if `track_sid` is the one heard."""
-        if track_sid == self.track_sid:
-            self._deaf = True
-            self._stop_pump()
-
-    def _best_track(self) -> str:
-        """A microphone before an unlabelled track; among equals, the first that arrived."""
-        sids = list(self._tracks)
-        return min(sids, key=lambda sid: (VOICE_SOURCES.index(self._tracks[sid][1]), sids.index(sid)))
-
-    def _listen_to(self, track_sid: str) -> None:
-        self._stop_pump()
-        self.track_sid = track_sid
-        track = self._tracks[track_sid][0]
-        self._pump = self.room.spawn(self._listen(track), f"listen-{self.identity}")
-
-    def _stop_pump(self) -> None:
-        if self._pump is not None:
-            self._pump.cancel()
-            self._pump = None
-
-    async def _listen(self, track: rtc.Track) -> None:
-        stream = rtc.AudioStream(
-            track, sample_rate=SAMPLE_RATE, num_channels=1, frame_size_ms=FRAME_MS,
-            capacity=AUDIO_BACKLOG,
-        )  # fmt: skip
-        try:
-            async for event in stream:
-                self.session.push_audio(from_rtc(event.frame))
-        finally:
-            await stream.aclose()
-
-    # -- greeting ---------------------------------------------------------------------------------
-    def greet(self, text: str) -> None:
-        self._greet = self.room.spawn(self._say_greeting(text), f"greet-{self.identity}")
-
-    async def _say_greeting(self, text: str) -> None:
-        """Say `text` to this person; stop as soon as they start speaking (they have the floor)."""
-        publication = self.room.voice.publication
-        if publication is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(GREETING_WAIT):
-                    await publication.wait_for_subscription()
-        audio = resample(await self.room.models.tts.synthesize(text), self.room.voice.sample_rate)
-        if self.session.busy:
-            return
-        self.greeting = True
-        self.room.update_state()
-        self.agent_transcript.interim(text)
-        played = 0.0
-        try:
-            for frame in split_frames(audio):
-                if self.session.busy:
-                    played -= self.lane.queued_duration
-                    self.lane.clear_queue()
-                    break
-                await self.lane.capture_frame(frame)
-                played += frame.duration
-            else:
-                await self.lane.wait_for_playout()
-        finally:
-            words = text.split()
-            share = min(1.0, played / audio.duration) if audio.duration else 1.0
-            heard = " ".join(words[: int(len(words) * share)])
-            self.agent_transcript.final(heard)
-            if heard:
-                self.session.history.turns.append(Message("assistant", heard))
-            self.greeting = False
-            self.room.update_state()
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for task in (self._greet, self._pump):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        await self.session.aclose()
-        self.room.observer.on_conversation_ended(self.room.name, self.identity)
 
 
 class AgentRoom:
@@ -335,7 +142,7 @@ class AgentRoom:
             for publication in participant.track_publications.values():
                 if conversation is None:
                     break
-                if publication.track is not None and _is_voice(publication):
+                if publication.track is not None and is_voice(publication):
                     conversation.add_track(publication.track, publication)
         self.update_state()
 
@@ -369,7 +176,7 @@ class AgentRoom:
         publication: rtc.RemoteTrackPublication,
         participant: rtc.RemoteParticipant,
     ) -> None:
-        if is_person(participant) and _is_voice(publication):
+        if is_person(participant) and is_voice(publication):
             if (conversation := self._add(participant)) is not None:
                 conversation.add_track(track, publication)
 
@@ -427,12 +234,23 @@ class AgentRoom:
             conversation = None
         if conversation is None and not self._closing:
             log.info("room %s: %s joined", self.name, participant.identity)
-            conversation = Conversation(self, participant)
+            conversation = Conversation(self._context(), participant)
             self.conversations[participant.identity] = conversation
             if self.config.livekit.greeting:
                 conversation.greet(self.config.livekit.greeting)
             self.update_state()
         return conversation
+
+    def _context(self) -> RoomContext:
+        return RoomContext(
+            name=self.name, models=self.models, config=self.config, local=self.room.local_participant,
+            voice=self.voice, outbox=self.outbox, observer=self.observer, turn_log=self.turn_log,
+            spawn=self.spawn, update_state=self.update_state, present=self._present,
+        )  # fmt: skip
+
+    def _present(self, participant_sid: str) -> bool:
+        """A send addressed to someone who left gets no answer."""
+        return any(p.sid == participant_sid for p in self.room.remote_participants.values())
 
     def _end(self, conversation: Conversation) -> None:
         """This person's session is over: close their Conversation."""
@@ -444,7 +262,7 @@ class AgentRoom:
     def update_state(self, state: AgentState | None = None) -> None:
         """Publish `lk.agent.state`: `state`, or the busiest conversation's (listening if none)."""
         if state is None:
-            states = [c.effective_state for c in self.conversations.values()]
+            states = [c.state for c in self.conversations.values()]
             state = max(states, key=STATE_ORDER.index, default=AgentState.LISTENING)
             if state is AgentState.INITIALIZING:
                 state = AgentState.LISTENING
@@ -483,15 +301,14 @@ class AgentRoom:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         # conversation -> turns it had finished when the drain began: one more, and it is done
-        finishing = {c: len(c.session.records) for c in self.conversations.values()
-                     if c.session.busy or c.greeting}  # fmt: skip
+        finishing = {c: len(c.session.records) for c in self.conversations.values() if c.session.busy}
         while True:
             present = list(self.conversations.values())
             finishing = {c: n for c, n in finishing.items() if c in present}  # gone: nothing to wait for
             for conversation in present:
                 session = conversation.session
                 done = finishing.get(conversation)
-                in_turn = conversation.greeting or (session.busy and len(session.records) == done)
+                in_turn = session.busy and len(session.records) == done
                 if done is not None and in_turn:
                     continue
                 finishing.pop(conversation, None)
@@ -519,7 +336,3 @@ class AgentRoom:
         self._left.set()
         if self._joined:
             self.observer.on_room_left(self.name)
-
-
-def _is_voice(publication: rtc.TrackPublication) -> bool:
-    return publication.kind == rtc.TrackKind.KIND_AUDIO and publication.source in VOICE_SOURCES

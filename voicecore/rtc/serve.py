@@ -45,7 +45,9 @@ async def serve_room(
     """Stay in `room` until `stop`: join, and join again if the connection is lost for good.
     At `stop`, let the turns in progress finish (up to `livekit.drain_timeout`), then leave."""
     identity = config.livekit.identity
-    counter = ConversationCount(default_capacity(config), notify)  # warns above capacity
+    counter = ConversationCount(
+        default_capacity(config), models.scheduler.conversations, notify
+    )  # warns above capacity
     observer = Observers([observer or Observer(), counter])
     retry = Backoff(RECONNECT_MIN, REJOIN_MAX)  # short cap: back within seconds of the server
     while not stop.is_set():

@@ -59,6 +59,7 @@ from voicecore.rtc.observer import Observer, Observers
 from voicecore.rtc.room import AgentRoom
 from voicecore.rtc.tasks import wait_first
 from voicecore.rtc.token import Credentials, worker_token
+from voicecore.scheduling import Conversations
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,7 @@ class ConnectionLost(Exception):
 def default_capacity(config: Config) -> int:
     """Conversations this process serves at once: `livekit.max_conversations`, or from the
     hardware. On the CPU path each conversation's turn needs about one core for its STT, LLM
-    and TTS bursts (the benchmark: 2 conversations on 2 cores keep p90 voice-to-voice under
-    1.5 s; 4 do not)."""
+    and TTS bursts (the concurrency benchmark, docs/decisions.md)."""
     if config.livekit.max_conversations > 0:
         return config.livekit.max_conversations
     if config.llm.engine == "vllm":
@@ -102,22 +102,28 @@ def default_capacity(config: Config) -> int:
 
 
 class ConversationCount(Observer):
-    """The conversations going on in every room of this process; warns once a person beyond
-    capacity is taken on (they are answered, more slowly than the others would like)."""
+    """Capacity over the conversations of every room of this process (counted once, by the
+    models' scheduler): warns once a person beyond capacity is taken on (they are answered, more
+    slowly than the others would like) and reports each change."""
 
-    def __init__(self, capacity: int, notify: Callable[[str], None] = log.warning) -> None:
+    def __init__(
+        self, capacity: int, conversations: Conversations, notify: Callable[[str], None] = log.warning
+    ) -> None:
         self.capacity = capacity
+        self.conversations = conversations
         self.notify = notify
         self.on_change: Callable[[], None] = lambda: None  # the count changed (report the load)
-        self.per_room: Counter[str] = Counter()
         self.served: set[str] = set()  # rooms that have had a conversation (until their job ends)
 
     @property
+    def per_room(self) -> Counter[str]:
+        return self.conversations.per_room()
+
+    @property
     def total(self) -> int:
-        return sum(self.per_room.values())
+        return self.conversations.count
 
     def on_conversation_started(self, room: str, identity: str) -> None:
-        self.per_room[room] += 1
         self.served.add(room)
         self.on_change()
         if self.total > self.capacity:
@@ -127,9 +133,6 @@ class ConversationCount(Observer):
             )
 
     def on_conversation_ended(self, room: str, identity: str) -> None:
-        self.per_room[room] -= 1
-        if self.per_room[room] <= 0:
-            del self.per_room[room]
         self.on_change()  # a place is free: the server should know before its next dispatch
 
 
@@ -160,7 +163,7 @@ class DispatchWorker:
         self.agent_name = config.livekit.agent_name
         self.max_jobs = max(1, config.livekit.max_jobs)
         self.capacity = default_capacity(config)
-        self.conversations = ConversationCount(self.capacity, notify)
+        self.conversations = ConversationCount(self.capacity, models.scheduler.conversations, notify)
         self.conversations.on_change = self._report_load
         self.observer = Observers([observer or Observer(), self.conversations])
         self.worker_id = ""
@@ -449,7 +452,7 @@ class DispatchWorker:
 
 async def drain_rooms(rooms: Sequence[AgentRoom], grace: float, notify: Callable[[str], None]) -> None:
     """Let the turns in progress in `rooms` finish, up to `grace` seconds; start no new ones."""
-    in_turn = sum(c.session.busy or c.greeting for room in rooms for c in room.conversations.values())
+    in_turn = sum(c.session.busy for room in rooms for c in room.conversations.values())
     conversations = sum(len(room.conversations) for room in rooms)
     notify(
         f"draining: {in_turn} of {conversations} conversations in a turn, in {len(rooms)} rooms; "

@@ -1,8 +1,8 @@
 """faster-whisper STT, with a short-context fast path.
 
 faster-whisper always pads the mel input to Whisper's 30 s window, yet the CTranslate2 encoder
-accepts fewer frames: encoding the utterance plus about a second of silence is 5-10x cheaper on
-CPU. A shortened context sometimes makes Whisper loop ("What is X? What is X? ...") or stop
+accepts fewer frames: encoding only the utterance plus some silence is several times cheaper on
+a CPU. A shortened context sometimes makes Whisper loop ("What is X? What is X? ...") or stop
 early, so the fast path decodes greedily with a bound on the length, trims repeats, and falls
 back to the standard full-window decode whenever its output looks suspicious.
 """
@@ -19,21 +19,21 @@ from typing import Any
 
 import numpy as np
 
+from voicecore.audio.frames import RECOGNITION_RATE
 from voicecore.config import SttConfig
 from voicecore.errors import ConfigError
 from voicecore.models import bundled_whisper
-from voicecore.scheduling import PriorityWorker
+from voicecore.scheduling import Scheduler
 from voicecore.stt.base import Transcript
 
-SAMPLE_RATE = 16_000
-PAD_SECONDS = 3.0  # silence appended for the short context: with 0.5-2 s Whisper tiny often
-# starts repeating the utterance ("What is X? What is"); 3 s costs ~7 ms more and rarely does
+PAD_SECONDS = 3.0  # silence appended for the short context: with less, Whisper tiny often
+# starts repeating the utterance ("What is X? What is")
 MAX_WORDS_PER_SECOND = 5.0  # fast speech is ~4 words/s: more means a repetition loop
 MIN_SPEECH_SECONDS = 0.1
 
 
 class WhisperSTT:
-    def __init__(self, config: SttConfig) -> None:
+    def __init__(self, config: SttConfig, scheduler: Scheduler | None = None) -> None:
         from faster_whisper import WhisperModel  # deferred: heavy import, only when used
 
         model = config.model or str(bundled_whisper())
@@ -51,14 +51,14 @@ class WhisperSTT:
         self.config = config
         self.model_name = model
         self.device = device
-        # Two workers: interim transcripts (while people speak) never hold up a final one. A
-        # final that waited for an interim still running at the end of speech started 40-115 ms
-        # late in 5 of 32 turns through LiveKit. CTranslate2 runs the two calls in parallel.
+        # Two workers: an interim transcript (while people speak) never holds up a final one;
+        # CTranslate2 runs the two calls in parallel on the same weights.
         self._model = WhisperModel(
             model, device=device, compute_type=compute_type, cpu_threads=config.cpu_threads, num_workers=2
         )
-        self._worker = PriorityWorker("stt")  # final transcripts
-        self._interim_worker = PriorityWorker("stt-interim")
+        scheduler = scheduler or Scheduler()
+        self._worker = scheduler.worker("stt")  # final transcripts
+        self._interim_worker = scheduler.worker("stt-interim")
         # faster-whisper's feature extractor keeps the window length of its last call, which
         # its full-window transcription reads as it goes: one call at a time.
         self._features = threading.Lock()
@@ -74,7 +74,7 @@ class WhisperSTT:
         except asyncio.CancelledError:
             abandoned.set()  # if under way, it stops before the full-window decode (below)
             raise
-        return Transcript(text, final, len(audio) / SAMPLE_RATE, time.monotonic() - started)
+        return Transcript(text, final, len(audio) / RECOGNITION_RATE, time.monotonic() - started)
 
     @property
     def last_progress(self) -> float:
@@ -86,15 +86,15 @@ class WhisperSTT:
 
     # -- worker thread --------------------------------------------------------------------------
     def _recognise(self, audio: np.ndarray, abandoned: threading.Event) -> str:
-        duration = len(audio) / SAMPLE_RATE
+        duration = len(audio) / RECOGNITION_RATE
         if duration < MIN_SPEECH_SECONDS or not np.any(audio):
             return ""
         if self.config.short_context and duration < 28.0:
             text = self._short_context(audio)
             if text is not None or abandoned.is_set():
                 # Abandoned: typically an early final transcript whose speech went on, cut
-                # mid-word, which loops; the full window (5-10x the work) would make the real
-                # final wait behind it.
+                # mid-word, which loops; the far costlier full window would make the real final
+                # wait behind it.
                 return text or ""
         return self._full_window(audio)
 
@@ -125,11 +125,10 @@ class WhisperSTT:
                 language=self.config.language or "en",
             )
         tokenizer = self._tokenizer
-        # Padded to a whole second: the encoder's input shape is one of ~30, not one per
-        # utterance. oneDNN builds and caches a convolution for each shape it sees (~0.5 MiB
-        # each, up to 1024 of them): a server's memory grew with every new utterance length.
-        seconds = math.ceil(len(audio) / SAMPLE_RATE + PAD_SECONDS)
-        padded = np.zeros(seconds * SAMPLE_RATE, np.float32)
+        # Padded to a whole second: oneDNN builds and keeps a convolution for each input shape
+        # it sees, so one shape per utterance length would grow a server's memory with each.
+        seconds = math.ceil(len(audio) / RECOGNITION_RATE + PAD_SECONDS)
+        padded = np.zeros(seconds * RECOGNITION_RATE, np.float32)
         padded[: len(audio)] = audio
         with self._features:
             features = model.feature_extractor(padded, chunk_length=seconds)
@@ -138,7 +137,7 @@ class WhisperSTT:
             np.ascontiguousarray(features[np.newaxis, :, :frames], dtype=np.float32)
         )
         prompt = model.get_prompt(tokenizer, [], without_timestamps=True)
-        max_new = int(8 + duration_tokens(len(audio) / SAMPLE_RATE))
+        max_new = int(8 + duration_tokens(len(audio) / RECOGNITION_RATE))
         result = model.model.generate(
             encoder_input,
             [prompt],
@@ -150,7 +149,7 @@ class WhisperSTT:
         )[0]
         tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
         text = tokenizer.decode(tokens).strip()
-        return trusted(text, len(audio) / SAMPLE_RATE, hit_limit=len(tokens) >= max_new)
+        return trusted(text, len(audio) / RECOGNITION_RATE, hit_limit=len(tokens) >= max_new)
 
 
 def duration_tokens(seconds: float) -> float:

@@ -11,11 +11,11 @@ from voicecore.audio.frames import AudioFrame, float_to_int16
 from voicecore.config import TtsConfig
 from voicecore.errors import ConfigError
 from voicecore.models import bundled_piper_voice
-from voicecore.scheduling import CRITICAL, FIRST_AUDIO, FOLLOW_UP, PriorityWorker
+from voicecore.scheduling import CRITICAL, FOLLOW_UP, Scheduler
 
 
 class PiperTTS:
-    def __init__(self, config: TtsConfig, use_cuda: bool = False) -> None:
+    def __init__(self, config: TtsConfig, scheduler: Scheduler | None = None, use_cuda: bool = False) -> None:
         import json
 
         import onnxruntime as ort
@@ -43,14 +43,10 @@ class PiperTTS:
         self._voice = PiperVoice(session=runner, config=piper_config)
         self._syn_config = SynthesisConfig(length_scale=config.length_scale)
         self.sample_rate: int = self._voice.config.sample_rate
-        self._worker = PriorityWorker("tts")
+        self._worker = (scheduler or Scheduler()).worker("tts")
 
     async def synthesize(self, text: str, *, first: bool = True) -> AudioFrame:
-        if not first:
-            return await self._worker.run(lambda: self._speak(text), FOLLOW_UP)
-
-        with FIRST_AUDIO.synthesising():  # from now on the LLM waits between tokens
-            return await self._worker.run(lambda: self._speak(text), CRITICAL)
+        return await self._worker.run(lambda: self._speak(text), CRITICAL if first else FOLLOW_UP)
 
     def _speak(self, text: str) -> AudioFrame:
         parts = [c.audio_float_array for c in self._voice.synthesize(text, self._syn_config)]
@@ -69,11 +65,9 @@ class PiperTTS:
 class _Shrinking:
     """An onnxruntime session whose memory arena gives back what a call grew it by.
 
-    onnxruntime keeps the memory a call needed and never returns it: the arena grows with the
-    longest sentence synthesised (a 30-word chunk: +200 MiB at once, +350 MiB measured in all),
-    so RSS crept up for the first half hour of the soak as ever longer sentences came. With
-    shrinkage after each call, RSS stays flat (+5 MiB) at the same speed for the short chunks
-    that carry latency (first chunks 3-6 words: p50 95 vs 91 ms; 25 words: ~400 ms either way).
+    onnxruntime keeps the memory a call needed and never returns it, so the arena grows to the
+    longest sentence synthesised yet. Shrunk after each call, RSS stays flat, at the same speed
+    for the short chunks that carry latency.
     """
 
     def __init__(self, session: Any) -> None:

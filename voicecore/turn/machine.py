@@ -4,6 +4,10 @@ It is pure and synchronous. It sees VAD events, the passing of audio time (16 kH
 received, so it runs the same in real time and on a simulated clock) and transcripts; it
 answers with `Action`s that the session carries out. It never touches a model.
 
+The agent may also take the floor on its own (`agent_says`: a greeting); the person can
+interrupt that like any reply. While the person speaks, the machine also decides when the final
+transcript may start early (the sound stopped before the VAD's first quiet window).
+
     LISTENING --speech--> USER_SPEAKING --silence--> USER_PAUSED --endpoint--> AGENT_THINKING
         ^                      ^                         |                         |
         |                      +-------speech------------+ (cancel speculation)    | first frame
@@ -16,10 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from voicecore.audio.frames import RECOGNITION_RATE
 from voicecore.config import TurnConfig
 from voicecore.turn.endpoint import endpoint_delay
 from voicecore.turn.state import TurnState
-from voicecore.turn.vad import SAMPLE_RATE, VadEvent
+from voicecore.turn.vad import VadEvent
+
+EARLY_QUIET = 768  # samples (48 ms) of quiet after the sound stopped that start the final transcript
 
 
 class Action(Enum):
@@ -29,6 +36,8 @@ class Action(Enum):
     COMMIT = "commit"  # end of turn: release the (speculative) reply
     INTERRUPT = "interrupt"  # barge-in: stop the agent now, the user has the floor
     REOPEN = "reopen"  # the user went on before any agent audio: cancel the reply, same turn
+    TRANSCRIBE_EARLY = "transcribe_early"  # the sound stopped at `sample`: start the final transcript
+    DROP_EARLY = "drop_early"  # the sound came back: that early transcript is not the final one
 
 
 @dataclass(frozen=True)
@@ -48,9 +57,18 @@ class TurnMachine:
         self._barge_start: int | None = None
         self._user_speaking = False
         self._speech_onset = 0  # where the VAD's current (or last) speech began
+        self._saying = False  # the agent took the floor on its own (no user utterance to answer)
+        self._sound_stopped: int | None = None  # where the sound stopped, while in speech
+        self.early_transcript: int | None = None  # where the early transcript started, if one is on
 
     # -- inputs -------------------------------------------------------------------------------
     def on_vad(self, event: VadEvent) -> list[Decision]:
+        if event.kind == "sound_stopped":
+            self._sound_stopped = event.sample
+            return []
+        if event.kind == "sound_resumed":
+            self._sound_stopped = None
+            return self._drop_early(event.sample)
         if event.kind == "pause":
             # Probably the end: speculate now, a window before the VAD is sure.
             if self.state is TurnState.USER_SPEAKING:
@@ -62,8 +80,9 @@ class TurnMachine:
         if event.kind == "start":
             self._user_speaking = True
             self._speech_onset = event.sample
+            self._sound_stopped = None
             return self._on_speech_start(event.sample)
-        self._user_speaking = False
+        self._user_speaking = False  # "end"
         self._barge_start = None
         if self.state is TurnState.USER_SPEAKING:
             self.state = TurnState.USER_PAUSED
@@ -74,28 +93,35 @@ class TurnMachine:
         """Called after every frame with the number of samples received so far."""
         cfg = self.config
         if self.state is TurnState.USER_SPEAKING:
-            if now - self.utterance_start >= cfg.max_utterance * SAMPLE_RATE:
+            if now - self.utterance_start >= cfg.max_utterance * RECOGNITION_RATE:
                 # An endless monologue: answer what fits in Whisper's window.
                 self.speech_end = now
                 return self._commit(now, speculate_first=True)
-            return []
+            return self._maybe_transcribe_early(now)
         if self.state is TurnState.USER_PAUSED:
-            silence = (now - self.speech_end) / SAMPLE_RATE
+            silence = (now - self.speech_end) / RECOGNITION_RATE
             decisions: list[Decision] = []
             if not self._speculating and silence >= cfg.speculation_delay:
-                self._speculating = True
-                decisions.append(Decision(Action.SPECULATE, self.speech_end))
+                decisions.append(self._speculate())
             if silence >= endpoint_delay(self.transcript, cfg):
                 decisions += self._commit(now, speculate_first=not self._speculating)
             return decisions
         if self._barge_start is not None and self._user_speaking:
-            if (now - self._barge_start) / SAMPLE_RATE >= cfg.min_interruption:
+            if (now - self._barge_start) / RECOGNITION_RATE >= cfg.min_interruption:
                 return self._barge_in(now)
         return []
 
     def on_transcript(self, text: str) -> None:
         """The words of the current utterance so far (interim or speculative final)."""
         self.transcript = text
+
+    def agent_says(self) -> bool:
+        """The agent wants the floor on its own (a greeting): granted while nobody speaks."""
+        if self.state is not TurnState.LISTENING or self._user_speaking:
+            return False
+        self.state = TurnState.AGENT_THINKING
+        self._saying = True
+        return True
 
     def agent_speaking(self) -> None:
         if self.state is TurnState.AGENT_THINKING:
@@ -105,6 +131,7 @@ class TurnMachine:
         """The reply finished playing (or failed): the floor is open again."""
         if self.state in (TurnState.AGENT_THINKING, TurnState.AGENT_SPEAKING):
             self.state = TurnState.LISTENING
+            self._saying = False
             self._barge_start = None
             if self._user_speaking:  # the user already talks over the tail of the reply
                 self._start_utterance(self._speech_onset)
@@ -130,7 +157,7 @@ class TurnMachine:
     def _barge_in(self, now: int) -> list[Decision]:
         barge_start = self._barge_start or now
         self._barge_start = None
-        if self.state is TurnState.AGENT_THINKING:
+        if self.state is TurnState.AGENT_THINKING and not self._saying:
             # Nothing was heard yet: the user was not done. Same utterance, reply cancelled.
             self.state = TurnState.USER_SPEAKING
             self.transcript = None
@@ -140,13 +167,42 @@ class TurnMachine:
         return [Decision(Action.INTERRUPT, barge_start)]
 
     def _commit(self, now: int, speculate_first: bool) -> list[Decision]:
+        decisions = [self._speculate()] if speculate_first else []
         self.state = TurnState.AGENT_THINKING
         self._speculating = False
-        decisions = [Decision(Action.SPECULATE, self.speech_end)] if speculate_first else []
         return decisions + [Decision(Action.COMMIT, now)]
+
+    def _speculate(self) -> Decision:
+        """Start the reply; it takes over the early transcript, if one is on."""
+        self._speculating = True
+        self.early_transcript = None
+        return Decision(Action.SPECULATE, self.speech_end)
+
+    def _maybe_transcribe_early(self, now: int) -> list[Decision]:
+        """The sound stopped EARLY_QUIET ago while the VAD still hears speech: the final
+        transcript may start now, before the VAD's first quiet window. Dropped if the sound
+        comes back (a stop consonant, a breath)."""
+        stopped = self._sound_stopped
+        if (
+            not self.config.early_transcript
+            or stopped is None
+            or self.early_transcript is not None
+            or now - stopped < EARLY_QUIET
+        ):
+            return []
+        self.early_transcript = stopped
+        return [Decision(Action.TRANSCRIBE_EARLY, stopped)]
+
+    def _drop_early(self, sample: int) -> list[Decision]:
+        if self.early_transcript is None:
+            return []
+        self.early_transcript = None
+        return [Decision(Action.DROP_EARLY, sample)]
 
     def _start_utterance(self, sample: int) -> None:
         self.state = TurnState.USER_SPEAKING
         self.utterance_start = sample
         self.transcript = None
         self._speculating = False
+        self._saying = False
+        self.early_transcript = None

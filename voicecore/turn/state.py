@@ -19,3 +19,13 @@ class TurnState(Enum):
     USER_PAUSED = "user_paused"  # silence after speech: waiting for the endpoint (speculating)
     AGENT_THINKING = "agent_thinking"  # turn committed, no agent audio out yet
     AGENT_SPEAKING = "agent_speaking"
+
+
+def agent_state(turn: TurnState) -> AgentState:
+    """What the agent shows (`lk.agent.state`) while the turn is in `turn`: listening until the
+    turn is its own, thinking until its first audio is out, then speaking."""
+    if turn is TurnState.AGENT_THINKING:
+        return AgentState.THINKING
+    if turn is TurnState.AGENT_SPEAKING:
+        return AgentState.SPEAKING
+    return AgentState.LISTENING

@@ -1,0 +1,325 @@
+"""One turn's reply: the person's words -> LLM -> clauses -> TTS, held until the turn is the
+agent's, then played.
+
+    Reply.answer(transcript)   started at the first quiet window (speculation)
+      -> await the transcript    the person's words (the apology if STT fails)
+      -> LLM stream              tokens -> SentenceChunker -> clauses
+      -> TTS                     the first clause under the first-audio gate, then the rest,
+                                 at most CHUNKS_AHEAD ahead of playout
+      -> held until commit()     nothing is heard before the turn is committed
+      -> playout                 20 ms frames -> the sink
+    Reply.saying(text)         the same from TTS on, for words the agent says on its own
+
+    cancel()     the person went on before the endpoint: nothing of it is heard
+    interrupt()  barge-in: silent now; returns the outcome, with the words that were heard
+    outcome      resolves once the reply has played: what the person said, what they heard
+
+A Reply never calls into the session: it reports through its outcome, two callbacks it is
+given (the transcript is known, the first frame is out) and the application's SessionHooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from voicecore.audio.frames import AudioFrame, split_frames, trim_leading_silence
+from voicecore.audio.resample import resample
+from voicecore.config import Config
+from voicecore.hooks import AudioSink, SessionHooks
+from voicecore.llm.base import Message
+from voicecore.llm.history import ChatHistory
+from voicecore.metrics import TurnRecord
+from voicecore.pipeline import Models
+from voicecore.scheduling import stall_timeout
+from voicecore.stt.base import Transcript
+from voicecore.tts.chunker import SentenceChunker
+
+log = logging.getLogger(__name__)
+
+CHUNKS_AHEAD = 2  # synthesised chunks waiting for playout: bounds memory, keeps TTS ahead
+
+Chunks = asyncio.Queue[tuple[str, AudioFrame] | None]  # None: the reply is complete
+
+
+@dataclass
+class ReplyContext:
+    """What every reply of one conversation shares."""
+
+    models: Models
+    config: Config
+    sink: AudioSink
+    hooks: SessionHooks
+    clock: Callable[[], float]
+
+
+@dataclass
+class ReplyOutcome:
+    turn: TurnRecord
+    user_text: str  # "" for words the agent said on its own, or when no words were heard
+    heard: str  # the reply as it reached the person: cut at a barge-in
+    interrupted: bool
+    said: bool  # words the agent said on its own (`Reply.saying`), not an answer
+
+
+@dataclass
+class _Spoken:
+    text: str
+    seconds: float
+    captured: float = 0.0  # seconds of it handed to the sink so far (the rest was never queued)
+
+
+class Reply:
+    def __init__(
+        self,
+        ctx: ReplyContext,
+        turn: TurnRecord,
+        *,
+        transcript: asyncio.Future[Transcript] | None = None,
+        history: ChatHistory | None = None,
+        said: str | None = None,
+        on_transcript: Callable[[str], None] = lambda text: None,
+        on_first_frame: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._ctx = ctx
+        self.turn = turn
+        self.user_text = ""
+        self._transcript = transcript
+        self._history = history
+        self._said = said
+        self._on_transcript = on_transcript
+        self._on_first_frame = on_first_frame
+        self._committed = asyncio.Event()
+        self._spoken: list[_Spoken] = []
+        self.outcome: asyncio.Future[ReplyOutcome] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._run(), name=f"reply-{turn.turn}")
+
+    @classmethod
+    def answer(
+        cls,
+        ctx: ReplyContext,
+        turn: TurnRecord,
+        transcript: asyncio.Future[Transcript],
+        history: ChatHistory,
+        on_transcript: Callable[[str], None],
+        on_first_frame: Callable[[], None],
+    ) -> Reply:
+        """Answer the person's words (`transcript`, started at the end of their speech)."""
+        return cls(
+            ctx, turn, transcript=transcript, history=history,
+            on_transcript=on_transcript, on_first_frame=on_first_frame,
+        )  # fmt: skip
+
+    @classmethod
+    def saying(
+        cls, ctx: ReplyContext, turn: TurnRecord, text: str, on_first_frame: Callable[[], None]
+    ) -> Reply:
+        """Say `text` (committed at once: it is the agent's turn already)."""
+        reply = cls(ctx, turn, said=text, on_first_frame=on_first_frame)
+        reply._committed.set()
+        return reply
+
+    # -- what the session does with it -----------------------------------------------------------
+    def commit(self, endpoint: float) -> None:
+        """The turn is the agent's: play the reply (at once if its audio is ready)."""
+        self.turn.endpoint = endpoint
+        self._committed.set()
+
+    def cancel(self) -> None:
+        """Stop working on it; nothing more of it is played. The outcome never comes."""
+        self._task.cancel()
+        self.outcome.cancel()
+
+    def interrupt(self) -> ReplyOutcome:
+        """Barge-in: silence the agent now. The outcome keeps only what was heard."""
+        heard = self._heard_text()
+        self._ctx.sink.clear_queue()
+        self._task.cancel()
+        if not self.outcome.done():
+            self.turn.interrupted = True
+            self._settle(heard, interrupted=True)
+        return self.outcome.result()
+
+    @property
+    def done(self) -> bool:
+        return self._task.done()
+
+    async def wait_closed(self) -> None:
+        """Until its work has stopped (after `cancel` or `interrupt`, or once played)."""
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+
+    # -- the reply's life --------------------------------------------------------------------------
+    async def _run(self) -> None:
+        ctx, turn = self._ctx, self.turn
+        producer: asyncio.Task[None] | None = None
+        try:
+            chunks: Chunks = asyncio.Queue(CHUNKS_AHEAD)
+            if self._said is not None:
+                producer = asyncio.create_task(self._speak_text(self._said, chunks))
+            else:
+                producer = await self._understand(chunks)
+            await self._committed.wait()
+            turn.speculative = (
+                turn.stt_final is not None and turn.endpoint is not None and turn.stt_final <= turn.endpoint
+            )
+            if self.user_text:
+                ctx.hooks.on_user_transcript(self.user_text, True)
+            await self._playout(chunks)
+            await ctx.sink.wait_for_playout()
+            self._settle(" ".join(s.text for s in self._spoken), interrupted=False)
+        except Exception:
+            # A stage failed: end the turn cleanly, the conversation goes on.
+            log.exception("turn %d failed", turn.turn)
+            await self._committed.wait()
+            self._settle(" ".join(s.text for s in self._spoken), interrupted=False)
+        finally:
+            if self._transcript is not None:
+                self._transcript.cancel()  # not yet started: never will be
+            if producer is not None:
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
+
+    async def _understand(self, chunks: Chunks) -> asyncio.Task[None] | None:
+        """Wait for the person's words; start making the answer (or the apology)."""
+        ctx, turn = self._ctx, self.turn
+        assert self._transcript is not None and self._history is not None
+        try:
+            async with stall_timeout(ctx.config.turn.stage_timeout, lambda: ctx.models.stt.last_progress):
+                text = (await self._transcript).text
+        except Exception as e:  # a failed or hung STT: the reply is the apology
+            self._failed("stt", e)
+            return asyncio.create_task(self._apologise(chunks))
+        turn.stt_final = ctx.clock()
+        turn.user_text = self.user_text = text
+        self._on_transcript(text)
+        if not text:
+            chunks.put_nowait(None)  # no words: a cough, a noise; nothing to answer
+            return None
+        llm = ctx.models.llm
+        budget = llm.context_tokens - ctx.config.llm.max_tokens
+        prompt = self._history.prompt(text, budget, llm.count_tokens)
+        return asyncio.create_task(self._produce(prompt, chunks))
+
+    def _settle(self, heard: str, interrupted: bool) -> None:
+        if not self.outcome.done():
+            self.turn.agent_text = heard
+            self.outcome.set_result(
+                ReplyOutcome(self.turn, self.user_text, heard, interrupted, self._said is not None)
+            )
+
+    async def _produce(self, prompt: list[Message], chunks: Chunks) -> None:
+        """LLM tokens -> clauses -> speech, ahead of playout by at most CHUNKS_AHEAD chunks."""
+        ctx, turn = self._ctx, self.turn
+        chunker = SentenceChunker(ctx.config.tts.first_chunk_min_words, ctx.config.tts.chunk_min_words)
+        stream = ctx.models.llm.stream(prompt)
+        try:
+            while True:
+                try:
+                    async with stall_timeout(
+                        ctx.config.turn.stage_timeout, lambda: ctx.models.llm.last_progress
+                    ):
+                        piece = await anext(stream)
+                except StopAsyncIteration:
+                    break
+                except Exception as e:
+                    self._failed("llm", e)
+                    await self._apologise(chunks)
+                    return
+                if turn.llm_first_token is None:
+                    turn.llm_first_token = ctx.clock()
+                for text in chunker.push(piece):
+                    if not await self._speak_chunk(text, chunks):
+                        return
+            for text in chunker.flush():
+                if not await self._speak_chunk(text, chunks):
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+            await _end(chunks)
+
+    async def _speak_text(self, text: str, chunks: Chunks) -> None:
+        config = self._ctx.config.tts
+        chunker = SentenceChunker(config.first_chunk_min_words, config.chunk_min_words)
+        try:
+            for clause in [*chunker.push(text), *chunker.flush()]:
+                if not await self._speak_chunk(clause, chunks):
+                    return
+        finally:
+            await _end(chunks)
+
+    async def _apologise(self, chunks: Chunks) -> None:
+        """Say the configured apology (unless TTS itself is what failed), then end the reply."""
+        apology = self._ctx.config.turn.apology
+        if apology and "tts" not in self.turn.extra.get("failed", []):
+            await self._speak_chunk(apology, chunks, apology=True)
+        await chunks.put(None)
+
+    def _failed(self, stage: str, error: BaseException) -> None:
+        kind = "timed out" if isinstance(error, TimeoutError) else f"failed: {error!r}"
+        log.error("turn %d: %s %s", self.turn.turn, stage, kind)
+        self.turn.extra.setdefault("failed", []).append(stage)
+        self._ctx.hooks.on_error(stage, error)
+
+    async def _speak_chunk(self, text: str, chunks: Chunks, apology: bool = False) -> bool:
+        """Synthesise one chunk and queue it for playout; False if TTS failed."""
+        ctx, turn = self._ctx, self.turn
+        if turn.first_chunk_text is None and not apology:
+            turn.first_chunk_text = ctx.clock()
+        first = turn.tts_first_audio is None
+        # The first audio goes ahead of the rest of the reply: the LLM waits between tokens.
+        gate = ctx.models.scheduler.first_audio.synthesising() if first else contextlib.nullcontext()
+        try:
+            with gate:
+                async with stall_timeout(ctx.config.turn.stage_timeout, lambda: ctx.models.tts.last_progress):
+                    audio = await ctx.models.tts.synthesize(text, first=first)
+        except Exception as e:
+            self._failed("tts", e)
+            return False
+        if first:
+            audio = trim_leading_silence(audio)  # the first sound out is what latency is
+        if turn.tts_first_audio is None and not apology:
+            turn.tts_first_audio = ctx.clock()
+        await chunks.put((text, resample(audio, ctx.config.audio.output_sample_rate)))
+        return True
+
+    async def _playout(self, chunks: Chunks) -> None:
+        ctx = self._ctx
+        while (item := await chunks.get()) is not None:
+            text, audio = item
+            if self.turn.first_frame_out is None:
+                self.turn.first_frame_out = ctx.clock()
+                self._on_first_frame()
+            spoken = _Spoken(text, audio.duration)
+            self._spoken.append(spoken)
+            ctx.hooks.on_agent_text(text)
+            for frame in split_frames(audio):
+                await ctx.sink.capture_frame(frame)
+                spoken.captured += frame.duration
+
+    def _heard_text(self) -> str:
+        """The words of the reply that reached the person: played chunks, and the played share
+        of the chunk in progress (words are spread evenly over its audio)."""
+        played = sum(s.captured for s in self._spoken) - self._ctx.sink.queued_duration
+        words: list[str] = []
+        for spoken in self._spoken:
+            if played <= 0:
+                break
+            chunk_words = spoken.text.split()
+            share = min(1.0, played / spoken.seconds) if spoken.seconds else 1.0
+            words += chunk_words[: int(len(chunk_words) * share + 1e-9)]
+            played -= spoken.seconds
+        return " ".join(words)
+
+
+async def _end(chunks: Chunks) -> None:
+    """Mark the end for playout, unless cancelled: then playout is gone, and with the queue full
+    of speech made ahead, waiting for room would wait forever."""
+    task = asyncio.current_task()
+    if task is None or task.cancelling() == 0:
+        await chunks.put(None)

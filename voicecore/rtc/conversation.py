@@ -1,0 +1,214 @@
+"""One person in a room: their microphone in, the agent's answers to them out.
+
+    track_subscribed(mic) -> rtc.AudioStream (16 kHz mono, 20 ms) -> from_rtc -> Session.push_audio
+    the Session's reply   -> this person's VoiceLane of the agent's voice
+    SessionHooks          -> lk.transcription text streams, the room's lk.agent.state, metrics
+
+A Conversation sees its room only through a `RoomContext`. A person with two microphones is
+heard through one: the first microphone track (an unlabelled audio track when they have none);
+another is ignored with one log line and takes over if the first goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from livekit import rtc
+
+from voicecore.audio.frames import FRAME_MS, RECOGNITION_RATE
+from voicecore.config import Config
+from voicecore.metrics import TurnLog, TurnRecord
+from voicecore.pipeline import Models
+from voicecore.rtc.observer import Observer
+from voicecore.rtc.transcription import Outbox, TranscriptStream, post_turn_metrics
+from voicecore.rtc.voice import AgentVoice, from_rtc
+from voicecore.session import Session, SessionHooks
+from voicecore.turn.state import AgentState
+
+log = logging.getLogger(__name__)
+
+AUDIO_BACKLOG = 50  # 20 ms frames a stalled loop may owe one person before the oldest drop
+GREETING_WAIT = 5.0  # seconds to wait for the person to subscribe to the agent before greeting
+# Audio a person speaks into, best first. Screen-share audio is not them talking.
+VOICE_SOURCES = (rtc.TrackSource.SOURCE_MICROPHONE, rtc.TrackSource.SOURCE_UNKNOWN)
+
+
+@dataclass
+class RoomContext:
+    """What a Conversation may use of its room."""
+
+    name: str
+    models: Models
+    config: Config
+    local: rtc.LocalParticipant
+    voice: AgentVoice
+    outbox: Outbox
+    observer: Observer
+    turn_log: TurnLog | None
+    spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]]
+    update_state: Callable[[], None]  # a conversation's state changed
+    present: Callable[[str], bool]  # a participant session (sid) is still in the room
+
+
+class Conversation(SessionHooks):
+    """One person in the room: their Session, their lane of the agent's voice, their transcripts."""
+
+    def __init__(self, room: RoomContext, participant: rtc.RemoteParticipant) -> None:
+        self.room = room
+        self.identity = participant.identity
+        self.participant_sid = participant.sid
+        self.track_sid = ""  # the track listened to
+        self._tracks: dict[str, tuple[rtc.Track, rtc.TrackSource.ValueType]] = {}  # all, by sid
+        self._deaf = False
+        self.state = AgentState.INITIALIZING
+        local = room.local
+        self.user_transcript = TranscriptStream(room.outbox, local, self.identity, lambda: self.track_sid)
+        self.agent_transcript = TranscriptStream(
+            room.outbox, local, local.identity, lambda: room.voice.track_sid
+        )
+        self._reply: list[str] = []
+        self.lane = room.voice.lane(self.identity)
+        self.session = Session(room.models, room.config, self.lane, hooks=self, room=room.name)
+        self._pump: asyncio.Task[None] | None = None
+        self._greet: asyncio.Task[None] | None = None
+        self._closed = False
+        room.observer.on_conversation_started(room.name, self.identity)
+
+    # -- SessionHooks: called synchronously by the Session, so they only post sends ------------
+    def on_state(self, state: AgentState) -> None:
+        self.state = state
+        self.room.update_state()
+
+    def on_user_transcript(self, text: str, final: bool) -> None:
+        if final:
+            self.user_transcript.final(text)
+        else:
+            self.user_transcript.interim(text)
+
+    def on_agent_text(self, text: str) -> None:
+        self._reply.append(text)
+        self.agent_transcript.interim(" ".join(self._reply))
+
+    def on_agent_said(self, text: str) -> None:
+        if self.agent_transcript.open:
+            self.agent_transcript.final(text)  # as heard: cut at a barge-in
+        self._reply = []
+
+    def on_turn(self, record: TurnRecord) -> None:
+        self.room.observer.on_turn(self.room.name, self.identity, record)
+        if self.room.turn_log is not None:
+            self.room.turn_log.write(record, room=self.room.name, participant=self.identity)
+        if self.room.config.livekit.turn_metrics:
+            post_turn_metrics(
+                self.room.outbox,
+                self.room.local,
+                self.identity,
+                record,
+                lambda: self.room.present(self.participant_sid),
+            )
+        latency = record.latencies_ms()
+        log.info(
+            "room %s, %s: turn %d%s, voice-to-voice %s ms",
+            self.room.name, self.identity, record.turn,
+            " (interrupted)" if record.interrupted else "", latency["voice_to_voice"],
+        )  # fmt: skip
+        log.debug("room %s, %s: %r -> %r", self.room.name, self.identity,
+                  record.user_text, record.agent_text)  # fmt: skip
+
+    def on_error(self, stage: str, error: BaseException) -> None:
+        self.room.observer.on_error(stage)
+
+    # -- audio in ---------------------------------------------------------------------------------
+    def add_track(self, track: rtc.Track, publication: rtc.TrackPublication) -> None:
+        """A voice track of this person's: listened to if it is the best one they have."""
+        self._tracks[publication.sid] = (track, publication.source)
+        best = self._best_track()
+        if best != self.track_sid and not self._deaf:
+            if self.track_sid:
+                log.info("room %s, %s: listening to track %s instead of %s",
+                         self.room.name, self.identity, best, self.track_sid)  # fmt: skip
+            self._listen_to(best)
+        elif best != publication.sid:
+            log.info(
+                "room %s, %s: a second voice track (%s) is ignored; listening to %s",
+                self.room.name, self.identity, publication.sid, self.track_sid,
+            )  # fmt: skip
+
+    def remove_track(self, track_sid: str) -> None:
+        """A track went away; if it was the one listened to, the next best takes over."""
+        if self._tracks.pop(track_sid, None) is None or track_sid != self.track_sid:
+            return
+        self._stop_pump()
+        self.track_sid = ""
+        if self._tracks and not self._deaf:
+            best = self._best_track()
+            log.info("room %s, %s: track %s gone, listening to %s",
+                     self.room.name, self.identity, track_sid, best)  # fmt: skip
+            self._listen_to(best)
+
+    def stop_listening(self, track_sid: str) -> None:
+        """Hear no more from this person (a draining agent), if `track_sid` is the one heard."""
+        if track_sid == self.track_sid:
+            self._deaf = True
+            self._stop_pump()
+
+    def _best_track(self) -> str:
+        """A microphone before an unlabelled track; among equals, the first that arrived."""
+        sids = list(self._tracks)
+        return min(sids, key=lambda sid: (VOICE_SOURCES.index(self._tracks[sid][1]), sids.index(sid)))
+
+    def _listen_to(self, track_sid: str) -> None:
+        self._stop_pump()
+        self.track_sid = track_sid
+        track = self._tracks[track_sid][0]
+        self._pump = self.room.spawn(self._listen(track), f"listen-{self.identity}")
+
+    def _stop_pump(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            self._pump = None
+
+    async def _listen(self, track: rtc.Track) -> None:
+        stream = rtc.AudioStream(
+            track, sample_rate=RECOGNITION_RATE, num_channels=1, frame_size_ms=FRAME_MS,
+            capacity=AUDIO_BACKLOG,
+        )  # fmt: skip
+        try:
+            async for event in stream:
+                self.session.push_audio(from_rtc(event.frame))
+        finally:
+            await stream.aclose()
+
+    # -- greeting ---------------------------------------------------------------------------------
+    def greet(self, text: str) -> None:
+        self._greet = self.room.spawn(self._say_greeting(text), f"greet-{self.identity}")
+
+    async def _say_greeting(self, text: str) -> None:
+        """Say `text` to this person once they can hear the agent (unless they speak first)."""
+        publication = self.room.voice.publication
+        if publication is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(GREETING_WAIT):
+                    await publication.wait_for_subscription()
+        await self.session.say(text)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in (self._greet, self._pump):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self.session.aclose()
+        self.room.observer.on_conversation_ended(self.room.name, self.identity)
+
+
+def is_voice(publication: rtc.TrackPublication) -> bool:
+    return publication.kind == rtc.TrackKind.KIND_AUDIO and publication.source in VOICE_SOURCES
