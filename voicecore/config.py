@@ -42,11 +42,11 @@ class TurnConfig:
     speculation_delay: float = 0.0  # silence before the speculative STT -> LLM -> TTS start
     # (0: at the VAD's first quiet window, before it is sure of the end after min_silence_ms)
     # Start the final transcript once the sound has stopped for 48 ms, before Silero's first quiet
-    # window (~70 ms later), while one conversation alone is open; dropped if the sound resumes.
+    # window, while one conversation alone is open; dropped if the sound resumes.
     early_transcript: bool = True
-    # User speech over the agent longer than this barges in. With ~60 ms of network each way and
-    # ~30 ms of VAD detection, 0.1 s stops the agent within 300 ms of the speech start as heard
-    # at the client; Silero plus min_speech_ms already filter clicks and coughs.
+    # User speech over the agent longer than this barges in: short enough, with the network and
+    # the VAD's own delay, to stop the agent within 300 ms of the speech start as heard at the
+    # client; Silero plus min_speech_ms already filter clicks and coughs.
     min_interruption: float = 0.1
     max_utterance: float = 28.0  # Whisper's window is 30 s: a longer monologue is cut into turns
     interim_interval: float = 1.0  # seconds of new speech between interim transcripts
@@ -64,11 +64,11 @@ class SttConfig:
     compute_type: str = "int8"
     language: str | None = "en"
     beam_size: int = 1
-    # One thread (0, CTranslate2's default, took both cores here): the LLM's prompt and Piper run beside the
-    # final transcript; talk bench p50/p90 452/512 ms against 483/574 with two on 2 cores.
+    # One thread, so that the LLM's prompt and Piper run beside the final transcript (CTranslate2's
+    # default takes every core).
     cpu_threads: int = 1  # 0 = CTranslate2's default
-    # Encode only the audio plus padding instead of Whisper's fixed 30 s window (a 5-10x saving
-    # on CPU); guarded against the repetition loops a short context can produce.
+    # Encode only the audio plus padding instead of Whisper's fixed 30 s window (far cheaper on a
+    # CPU); guarded against the repetition loops a short context can produce.
     short_context: bool = True
 
 
@@ -84,7 +84,7 @@ class LlmConfig:
     repeat_penalty: float = 1.1
     threads: int = 0  # llama.cpp threads for generation; 0 = one fewer than the cores
     # llama.cpp reads a Q4_1/Q5_0/Q5_1 GGUF (the bundled model is Q4_1) through a Q8_0 copy made
-    # once in ~/.cache/voicecore: the same weights, prompts read ~2x faster on CPU (llm/weights.py).
+    # once in ~/.cache/voicecore: the same weights, prompts read faster on a CPU (llm/weights.py).
     q8_0_copy: bool = True
     gpu_memory_utilization: float = 0.5  # vLLM only
 
@@ -114,8 +114,7 @@ class LiveKitConfig:
     max_jobs: int = 8  # rooms one process serves at once in worker mode (a cap; see below)
     # People being listened to at once, across all rooms: what costs CPU, so what capacity
     # counts. Load = conversations / this; at it the worker reports WS_FULL and refuses rooms.
-    # 0 = from the hardware: the CPU cores on the CPU path (on 2 cores, 2 conversations keep
-    # p90 voice-to-voice under 1.5 s), 8 with the vLLM engine.
+    # 0 = from the hardware: the CPU cores on the CPU path, 8 with the vLLM engine.
     max_conversations: int = 0
     # On SIGTERM/SIGINT: seconds the turns in progress get to finish (no new ones start) before
     # the agent leaves its rooms anyway.

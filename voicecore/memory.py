@@ -2,14 +2,13 @@
 handed back.
 
 By default glibc gives each thread that allocates under contention an arena of its own, up to
-eight per core, and never returns their free pages. A voice agent has many native threads that
-come and go with rooms (LiveKit's runtime, onnxruntime, ctranslate2, llama.cpp): freed memory
-scattered over those arenas made `serve`'s RSS creep up with every room of a long run. glibc
-also raises its mmap threshold each time a mapped block is freed, so later big blocks (audio
-buffers, kept LLM contexts of tens of MB) land in the heap, which rarely shrinks: the soak's
-heap grew by tens of MB over minutes. One arena per core, a fixed threshold (above the model's
-per-call scratch buffers, below kept LLM contexts), and a trim after each room. Elsewhere (musl,
-macOS) all of this does nothing.
+eight per core, and never returns their free pages; a voice agent's native threads (LiveKit's
+runtime, onnxruntime, ctranslate2, llama.cpp) come and go with rooms, so freed memory scatters
+over those arenas. glibc also raises its mmap threshold each time a mapped block is freed, so
+later big blocks (kept LLM contexts) land in the heap, which rarely shrinks. Hence one arena per
+core, a fixed threshold (above the models' per-call scratch buffers, below kept LLM contexts),
+and a trim after each room. Elsewhere (musl, macOS) all of this does nothing. The measurements:
+docs/decisions.md.
 """
 
 from __future__ import annotations
@@ -24,8 +23,8 @@ from functools import cache
 M_ARENA_MAX = -8  # glibc's mallopt parameter numbers
 M_MMAP_THRESHOLD = -3
 # Blocks this big or bigger get pages of their own, returned when freed. Not lower: every
-# block above it is mapped and faulted in afresh each time, and Whisper's per-call buffers
-# (hundreds of kB to a few MB) were: at 256 kB a final transcript took 134 ms, 83 ms without.
+# block above it is mapped and faulted in afresh each time, and Whisper's per-call buffers (up
+# to a few MB) must not be, or every transcription pays for it.
 MMAP_THRESHOLD = 4 << 20
 
 
@@ -77,9 +76,9 @@ def release() -> int:
     """After a room has closed: collect the garbage it left and hand the freed pages back; the
     count of objects collected. A room's objects refer to each other (tasks, callbacks, futures),
     so reference counting alone does not free them, and Python's full collection, which does,
-    runs by itself only once enough objects have outlived the younger generations: in the soak
-    the C heap in use grew 41 MiB in 25 minutes, then fell by 27 MiB at once when one ran. It
-    holds the GIL while it runs (8-27 ms a room in the soak, start-up objects frozen: `freeze`)."""
+    runs by itself only once enough objects have outlived the younger generations: rarely, in a
+    long-running server. It holds the GIL while it runs (briefly, with start-up objects frozen
+    out of its walk: `freeze`)."""
     found = gc.collect()
     trim()
     return found
@@ -93,8 +92,8 @@ def freeze() -> None:
 
 
 def heap_stats() -> HeapStats | None:
-    """glibc's mallinfo2; None elsewhere. It walks the arenas' free lists: ~0.1 ms for the few
-    MiB free that `serve` holds, ~5 ms for a heap fragmented into 150,000 free blocks."""
+    """glibc's mallinfo2; None elsewhere. It walks the arenas' free lists: cheap for what `serve`
+    holds, slower only for a heap fragmented into very many free blocks."""
     libc = _glibc()
     if libc is None or not hasattr(libc, "mallinfo2"):
         return None

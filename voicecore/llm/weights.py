@@ -1,13 +1,11 @@
 """GGUF weights in a type llama.cpp's CPU backend reads fast: a Q8_0 copy of Q4_1/Q5_0/Q5_1 files.
 
 llama.cpp repacks Q4_0, Q4_K, IQ4_NL and Q8_0 weights at load into layouts its AVX2/AVX512/NEON
-matrix kernels stream through; Q4_1 and Q5_x have no such kernels. For the bundled
-SmolLM2-135M Q4_1 on this 2-core box, a prompt of 25 tokens reads in ~50 ms as Q8_0 against
-~90-120 ms as Q4_1, at the same ~13.5 ms per generated token. Q8_0 keeps 255 levels per block
-of 32 weights where these types keep 16 or 32, so the copy holds the same weights to within a
-rounding error several times smaller than their own (the replies to the benchmark questions
-are the same answers). Made once per file, in the user's cache directory (~145 MB for the
-bundled model, under a second); the original file is never touched.
+matrix kernels stream through; Q4_1 and Q5_x have no such kernels, so a prompt reads much
+slower in them (generated tokens cost the same). Q8_0 keeps 255 levels per block of 32 weights
+where these types keep 16 or 32, so the copy holds the same weights to within a rounding error
+several times smaller than their own. Made once per file, in the user's cache directory; the
+original file is never touched. The measurements: docs/decisions.md.
 """
 
 from __future__ import annotations
