@@ -252,13 +252,14 @@ class Instant:
 async def test_a_long_conversation_is_trimmed_before_every_prompt(models, config, say):
     """Turn after turn of long replies: the history is trimmed before it is prompted, with the new
     question counted, so every prompt leaves the reply its max_tokens and nothing overflows. A
-    512-token window fills by the fourth turn; the bug it guards against overflowed from there."""
+    384-token window fills within six turns; the prompts built before the trim (the old bug)
+    outgrew it from there."""
     import copy
 
     from voicecore.llm.llamacpp import LlamaCppEngine
 
     settings = copy.deepcopy(config)
-    settings.llm.context_tokens = 512
+    settings.llm.context_tokens = 384
     settings.llm.system_prompt = "You are a storyteller. Answer every question with a long story."
     llm = LlamaCppEngine(settings.llm, models.scheduler)
     prompt_tokens: list[int] = []
@@ -298,4 +299,5 @@ async def test_a_long_conversation_is_trimmed_before_every_prompt(models, config
     assert errors == []
     assert len(prompt_tokens) >= 12 and max(prompt_tokens) <= budget, prompt_tokens
     assert all(r.agent_text and settings.turn.apology not in r.agent_text for r in session.records)
-    assert sum(len(r.agent_text.split()) for r in session.records) > 12 * 30  # long replies, really
+    assert sum(len(r.agent_text.split()) for r in session.records) > 12 * 10  # stories, not a word
+    assert max(prompt_tokens) > budget - 60  # the window did fill up

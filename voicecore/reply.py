@@ -143,6 +143,15 @@ class Reply:
             self._settle(heard, interrupted=True)
         return self.outcome.result()
 
+    async def heard(self) -> str:
+        """Once it has played: the words heard ("" if it was cancelled before)."""
+        try:
+            return (await asyncio.shield(self.outcome)).heard
+        except asyncio.CancelledError:
+            if self.outcome.cancelled() and not _cancelling():
+                return ""
+            raise
+
     @property
     def done(self) -> bool:
         return self._task.done()
@@ -320,6 +329,10 @@ class Reply:
 async def _end(chunks: Chunks) -> None:
     """Mark the end for playout, unless cancelled: then playout is gone, and with the queue full
     of speech made ahead, waiting for room would wait forever."""
-    task = asyncio.current_task()
-    if task is None or task.cancelling() == 0:
+    if not _cancelling():
         await chunks.put(None)
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

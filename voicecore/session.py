@@ -24,6 +24,7 @@ from collections.abc import Callable
 import numpy as np
 
 from voicecore.audio.frames import RECOGNITION_RATE, AudioFrame
+from voicecore.audio.recent import RecentAudio
 from voicecore.audio.resample import StreamResampler
 from voicecore.config import Config
 from voicecore.hooks import AudioSink, SessionHooks
@@ -67,13 +68,12 @@ class Session:
         self._resampler = StreamResampler(RECOGNITION_RATE)
         self._vad = models.vad.stream(config.vad)
         self._machine = TurnMachine(config.turn)
-        self._buffer = np.zeros(0, np.float32)  # recent 16 kHz audio ...
-        self._buffer_start = 0  # ... starting at this stream sample
+        self._audio = RecentAudio()  # 16 kHz: the utterance, or the last KEEP_BEFORE_ONSET seconds
         self._prefix = int(config.vad.prefix_padding_ms * RECOGNITION_RATE / 1000)
         self._reply: Reply | None = None
         self._turns = 0
         self._interim_task: asyncio.Task[None] | None = None
-        self._interim_at = 0
+        self._interim_at = 0  # where the last interim transcript (or the utterance) began
         self._early: asyncio.Future[Transcript] | None = None  # a final transcript started early
         self._idle = asyncio.Event()
         self._closed = False
@@ -87,7 +87,7 @@ class Session:
             return
         samples = self._resampler.push(frame).to_float()
         now = self.clock()
-        self._buffer = np.concatenate([self._buffer, samples])
+        self._audio.append(samples)
         decisions: list[Decision] = []
         for event in self._vad.push(samples):
             decisions += self._machine.on_vad(event)
@@ -125,9 +125,7 @@ class Session:
         turn = TurnRecord(turn=self._turns, speech_end=speech_end)
         transcript, self._early = self._early, None
         if transcript is None:
-            transcript = asyncio.ensure_future(
-                self.models.stt.transcribe(self._utterance_audio(), final=True)
-            )
+            transcript = self._transcribe()
         else:
             turn.extra["early_transcript"] = True
         reply = Reply.answer(
@@ -147,12 +145,7 @@ class Session:
             self._ctx, TurnRecord(turn=0, speech_end=self.clock()), text, self._agent_speaking
         )
         self._follow(reply)
-        try:
-            return (await asyncio.shield(reply.outcome)).heard
-        except asyncio.CancelledError:
-            if reply.outcome.cancelled() and not _cancelling():
-                return ""  # the session closed under it
-            raise
+        return await reply.heard()
 
     def _follow(self, reply: Reply) -> None:
         self._reply = reply
@@ -181,9 +174,15 @@ class Session:
         self._update_state()
 
     def _drop_reply(self) -> None:
-        """Cancel a speculative reply (or one that ran on past its turn); nothing more is played."""
-        if self._reply is not None:
-            self._reply.cancel()
+        """Cancel a speculative reply; nothing more of it is played. One that has just finished
+        playing (its outcome not yet read) still counts."""
+        reply = self._reply
+        if reply is None:
+            return
+        if reply.outcome.done() and not reply.outcome.cancelled():
+            self._finish(reply, reply.outcome.result())
+        else:
+            reply.cancel()
             self._reply = None
 
     def _agent_speaking(self) -> None:
@@ -195,9 +194,7 @@ class Session:
         """Only while this conversation is alone: a dropped early transcript costs a core for
         ~0.1 s, which another conversation's reply may need."""
         if self._early is None and self._conversations.alone:
-            self._early = asyncio.ensure_future(
-                self.models.stt.transcribe(self._utterance_audio(), final=True)
-            )
+            self._early = self._transcribe()
             self._early.add_done_callback(_seen)  # a dropped one's error is nobody's to log
 
     def _drop_early(self) -> None:
@@ -205,16 +202,20 @@ class Session:
             self._early.cancel()
             self._early = None
 
+    def _transcribe(self) -> asyncio.Future[Transcript]:
+        return asyncio.ensure_future(self.models.stt.transcribe(self._utterance_audio(), final=True))
+
     def _maybe_interim(self) -> None:
-        if self._machine.state is not TurnState.USER_SPEAKING:
-            return
-        if self._interim_task is not None and not self._interim_task.done():
-            return  # one at a time per session; a slow model gets fewer interims
+        """Another interim_interval of speech: its words so far (one at a time; a slow model
+        gets fewer)."""
         interval = int(self.config.turn.interim_interval * RECOGNITION_RATE)
-        if self._vad.samples_seen - self._interim_at < interval:
-            return
-        self._interim_at = self._vad.samples_seen
-        self._interim_task = asyncio.create_task(self._interim(self._utterance_audio()))
+        if (
+            self._machine.state is TurnState.USER_SPEAKING
+            and (self._interim_task is None or self._interim_task.done())
+            and self._vad.samples_seen - self._interim_at >= interval
+        ):
+            self._interim_at = self._vad.samples_seen
+            self._interim_task = asyncio.create_task(self._interim(self._utterance_audio()))
 
     async def _interim(self, audio: np.ndarray) -> None:
         try:
@@ -236,18 +237,13 @@ class Session:
 
     # -- buffers, time and state ----------------------------------------------------------------
     def _utterance_audio(self) -> np.ndarray:
-        start = max(self._machine.utterance_start - self._prefix - self._buffer_start, 0)
-        return self._buffer[start:].copy()
+        return self._audio.since(self._machine.utterance_start - self._prefix)
 
     def _trim_buffer(self) -> None:
         if self._machine.state in (TurnState.USER_SPEAKING, TurnState.USER_PAUSED):
-            keep_from = self._machine.utterance_start - self._prefix
+            self._audio.keep_from(self._machine.utterance_start - self._prefix)
         else:
-            keep_from = self._vad.samples_seen - int(KEEP_BEFORE_ONSET * RECOGNITION_RATE)
-        drop = keep_from - self._buffer_start
-        if drop > 0:
-            self._buffer = self._buffer[drop:]
-            self._buffer_start += drop
+            self._audio.keep_from(self._vad.samples_seen - int(KEEP_BEFORE_ONSET * RECOGNITION_RATE))
 
     def _time_of(self, sample: int, now: float) -> float:
         """Clock time of a stream sample: `now` is when the latest sample arrived."""
@@ -259,10 +255,7 @@ class Session:
         if state is not self.state:
             self.state = state
             self.hooks.on_state(state)
-        if self.busy:
-            self._idle.clear()
-        else:
-            self._idle.set()
+        (self._idle.clear if self.busy else self._idle.set)()
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property
@@ -294,11 +287,6 @@ class Session:
         self.sink.clear_queue()
         self._idle.set()
         self.models.llm.forget(self.history.messages())
-
-
-def _cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def _seen(future: asyncio.Future[Transcript]) -> None:

@@ -9,7 +9,10 @@ of the previous prompt and re-evaluates only the tokens after the longest common
 Generation runs on one core fewer than the machine has: ggml's threads spin at barriers, and
 with Whisper or Piper busy beside them a reply slows to seconds. It takes every core only for a
 lone conversation (another's speech may start Whisper at any moment), token by token, while no
-other model computes.
+other model computes, and while the process really gets those cores: on a machine other
+programs keep busy, threads waiting at barriers for a descheduled sibling made every token ~20x
+slower, so a step whose threads got well under their share of CPU time sends generation and the
+prompt to one core fewer for a while.
 
 Several conversations share the one context: the context of the one switched away from is kept
 (`Contexts`, bounded) and put back when that conversation speaks again, so only its new words
@@ -25,6 +28,7 @@ import ctypes
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
@@ -43,6 +47,10 @@ log = logging.getLogger(__name__)
 _DONE = object()
 _CUT = "\ue000"  # marks where a prompt read ahead ends (a private-use character nobody says)
 SAVED_CONTEXTS_BYTES = 128 << 20  # KV cells kept for conversations switched away from
+# A step on N threads that got less than this share of N x its wall time in CPU time: other
+# programs hold the cores. Every core is tried again after CONTENDED_FOR seconds.
+CONTENDED_SHARE = 0.6
+CONTENDED_FOR = 30.0
 
 
 class LlamaCppEngine:
@@ -55,8 +63,9 @@ class LlamaCppEngine:
         # `llm.threads` fixes the count. The prompt (batch) uses every core.
         self._threads_sharing = config.threads or max(1, cores - 1)
         self._threads_alone = config.threads or cores
-        self._threads_batch = cores
+        self._cores = self._threads_batch = cores
         self._threads = self._threads_sharing
+        self._contended_until = 0.0  # time.monotonic() until which other programs hold the cores
         common: dict[str, Any] = dict(
             n_ctx=config.context_tokens,
             n_threads=self._threads,
@@ -151,6 +160,8 @@ class LlamaCppEngine:
             first_audio = False  # a first audio is being made: the consumer need not look first
             try:
                 self._contexts.switch_to(prompt)
+                self._pick_threads()
+                step = self._step(self._threads_batch)  # the prompt
                 chunks = self._llama.create_chat_completion(
                     messages=prompt,  # type: ignore[arg-type]
                     stream=True,
@@ -161,6 +172,7 @@ class LlamaCppEngine:
                 )
                 for chunk in chunks:
                     self._worker.progressed()
+                    self._stepped(*step)
                     if stop.is_set():
                         break
                     self._pick_threads()  # for the next token
@@ -172,6 +184,9 @@ class LlamaCppEngine:
                         else:  # it may complete the first chunk: Piper gets the cores first
                             first_audio = gate.look(partial(hand_over, piece))
                     gate.wait()  # a reply's first audio being made goes first
+                    # Those waits are the scheduler's, bounded: time spent in them is not a stall.
+                    self._worker.progressed()
+                    step = self._step(self._threads)
             except Exception as e:  # handed to the consumer, raised there
                 hand_over(e)
             finally:
@@ -196,12 +211,28 @@ class LlamaCppEngine:
 
     def _pick_threads(self) -> None:
         """Worker thread, between two tokens: every core for a lone conversation while no other
-        model computes, else one fewer."""
-        alone = self._scheduler.conversations.alone and not self._scheduler.busy_besides(self._worker)
+        model computes and no other program holds the cores, else one fewer."""
+        contended = time.monotonic() < self._contended_until
+        scheduler = self._scheduler
+        alone = not contended and scheduler.conversations.alone and not scheduler.busy_besides(self._worker)
         threads = self._threads_alone if alone else self._threads_sharing
-        if threads != self._threads:
-            self._threads = threads
-            self._llama._ctx.set_n_threads(threads, self._threads_batch)
+        batch = self._threads_sharing if contended else self._cores
+        if (threads, batch) != (self._threads, self._threads_batch):
+            self._threads, self._threads_batch = threads, batch
+            self._llama._ctx.set_n_threads(threads, batch)
+
+    @staticmethod
+    def _step(threads: int) -> tuple[int, float, float]:
+        return threads, time.process_time(), time.perf_counter()
+
+    def _stepped(self, threads: int, cpu: float, wall: float) -> None:
+        """A step (the prompt, a token) on `threads` threads is done: did they get their cores?"""
+        wall = time.perf_counter() - wall
+        if threads > self._threads_sharing and wall > 0.005:
+            if time.process_time() - cpu < CONTENDED_SHARE * threads * wall:
+                if time.monotonic() >= self._contended_until:
+                    log.info("llama.cpp: other programs hold the cores; one core fewer for a while")
+                self._contended_until = time.monotonic() + CONTENDED_FOR
 
     @property
     def last_progress(self) -> float:
