@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from voicecore.telemetry import Telemetry
 from voicecore.web.auth import AccessPolicy, RateLimiter, Refused
@@ -202,6 +202,48 @@ class _MalformedRequests(logging.Filter):
 server_log.addFilter(_MalformedRequests())
 
 
+class _JsonErrorHandler(web.RequestHandler):
+    """A request aiohttp's parser rejects (a 60 KB header, a broken request line) never reaches
+    the middleware: aiohttp answers it itself, in plain text. Give it the JSON shape every other
+    error has, without quoting the request's bytes back."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs (filtered above); closes
+        if isinstance(exc, LineTooLong):
+            status, text = 431, f"request line or header too large (at most {self.max_field_size} bytes each)"
+        elif status < 500:
+            text = f"malformed HTTP request ({type(exc).__name__ if exc else status})"
+        else:
+            text = "internal error (the server's log has the details)"
+        response = _error(status, text)
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    __slots__ = ()
+
+    def __call__(self) -> web.RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = _JsonErrorHandler  # same fields; only its error answer differs
+        return handler
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonErrorServer  # the app's own server, making the handlers above
+        return server
+
+
 class WebServer:
     """`build_app`'s application on host:port, started and stopped with the agent."""
 
@@ -213,7 +255,7 @@ class WebServer:
 
     async def start(self) -> str:
         """Listen; the page's URL. `OSError` (port taken) is the caller's to explain."""
-        runner = web.AppRunner(self.app, shutdown_timeout=2.0, logger=server_log)
+        runner = _Runner(self.app, shutdown_timeout=2.0, logger=server_log)
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, self.port).start()
