@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from voicecore import Config, TurnRecord, load_config
 from voicecore.metrics import STAGES
-from voicecore.rtc import Credentials
+from voicecore.rtc import Credentials, user_token
 from voicecore.service import ServeOptions, web_context
 from voicecore.telemetry import Telemetry
 from voicecore.web.app import STATIC_DIR, WebServer, build_app
@@ -123,7 +123,8 @@ async def test_token_joins_its_own_room_and_nothing_else(livekit_server: LiveKit
     assert not {"roomCreate", "roomList", "roomAdmin", "roomRecord", "agent", "ingressAdmin"} & {
         k for k, v in video.items() if v
     }, video
-    assert video["canPublishSources"] == ["microphone"] and video["canPublishData"] is False
+    # a microphone, and data (the starters' chat box, livekit-client's pre-connect audio); no camera
+    assert video["canPublishSources"] == ["microphone"] and video["canPublishData"] is True
     assert claims["exp"] - claims["nbf"] == 600  # ten minutes to join
     assert claims["roomConfig"]["agents"] == [{"agentName": AGENT}]  # the agent comes with the room
 
@@ -131,14 +132,26 @@ async def test_token_joins_its_own_room_and_nothing_else(livekit_server: LiveKit
     _, other, _ = await api.details()
     assert other["roomName"] != details["roomName"]
 
-    # the LiveKit server lets it into that room...
-    room = rtc.Room()
+    # the LiveKit server lets it into that room, where it can send text as a chat box does...
+    room, listener = rtc.Room(), rtc.Room()
+    chat: asyncio.Queue[str] = asyncio.Queue()
+
+    def on_chat(reader: rtc.TextStreamReader, sender: str) -> None:
+        reading = asyncio.ensure_future(reader.read_all())
+        reading.add_done_callback(lambda done: chat.put_nowait(done.result()))
+
+    listener.register_text_stream_handler("lk.chat", on_chat)
+    listener_token = user_token(livekit_server.creds, details["roomName"], "listener")
+    await asyncio.wait_for(listener.connect(details["serverUrl"], listener_token), 15)
     await asyncio.wait_for(room.connect(details["serverUrl"], details["participantToken"]), 15)
     try:
         assert room.name == details["roomName"]
         assert room.local_participant.name == "Ada"
+        await asyncio.wait_for(room.local_participant.send_text("hello there", topic="lk.chat"), 10)
+        assert await asyncio.wait_for(chat.get(), 10) == "hello there"
     finally:
         await room.disconnect()
+        await listener.disconnect()
 
     # ...and into no other: the room is signed into the token
     forged = _with_claims(details["participantToken"], {**claims, "video": {**video, "room": "someone-else"}})
