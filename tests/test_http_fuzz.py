@@ -182,6 +182,12 @@ HEADERS = {
     "Host": sometimes_wild(
         st.sampled_from(["localhost", "evil.example", "127.0.0.1:1", "[::1]", ""]), HEADER_TEXT
     ),
+    # a CORS preflight's questions (an OPTIONS with an Origin is one)
+    "Access-Control-Request-Method": sometimes_wild(st.sampled_from(["POST", "GET", ""]), HEADER_TEXT),
+    "Access-Control-Request-Headers": sometimes_wild(
+        st.sampled_from(["content-type", "content-type, x-voicecore-key", "authorization, x-evil", ""]),
+        HEADER_TEXT,
+    ),
 }
 BODIES = st.one_of(
     st.just(b""),

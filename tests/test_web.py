@@ -24,6 +24,7 @@ from livekit_fixtures import LiveKitServer, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from voicecore import Config, TurnRecord, load_config
+from voicecore.errors import ConfigError
 from voicecore.metrics import STAGES
 from voicecore.rtc import Credentials, user_token
 from voicecore.service import ServeOptions, web_context
@@ -77,10 +78,12 @@ async def start_api(config: Config) -> AsyncIterator[StartApi]:
         api_key: str | None = None,
         burst: int = 50,
         static_dir: Path | None = None,
+        allowed_origins: str = "",
     ) -> Api:
         cfg = copy.deepcopy(config)
         cfg.livekit.agent_name = AGENT
         cfg.http.api_key = api_key
+        cfg.http.allowed_origins = allowed_origins
         cfg.http.rate_burst = burst
         cfg.http.rate_per_minute = 6.0
         telemetry, readiness = Telemetry(), Readiness(creds.http_url, probe_timeout=1.0)
@@ -188,7 +191,7 @@ async def test_outside_dev_mode_a_key_is_required(livekit_server: LiveKitServer,
         assert status == 200 and details["participantToken"]
     # the right key from another web site's page is still refused
     status, body, _ = await api.details(headers={"X-Voicecore-Key": KEY, "Origin": "https://evil.example"})
-    assert status == 403 and "other web sites" in body["error"]
+    assert status == 403 and "http.allowed_origins" in body["error"]
 
     # without a key configured: the served page only (same origin)
     api = await start_api(livekit_server.creds)
@@ -196,8 +199,70 @@ async def test_outside_dev_mode_a_key_is_required(livekit_server: LiveKitServer,
     assert status == 401 and "VOICECORE_HTTP_API_KEY" in body["error"]
     status, _, _ = await api.details(headers={"Origin": api.url})
     assert status == 200
-    status, _, _ = await api.details(headers={"Origin": "http://localhost:1"})
+    status, body, _ = await api.details(headers={"Origin": "http://localhost:1"})
+    assert status == 403 and "http.allowed_origins" in body["error"]
+
+
+async def test_cors_for_the_listed_origins_only(livekit_server: LiveKitServer, start_api: StartApi):
+    """What a browser does before and while a page on another origin fetches a token
+    (agent-starter-react's TokenSource.endpoint): a preflight, then the POST; only a listed origin
+    is answered with CORS headers, by name, never `*` and never with credentials."""
+    app = "http://localhost:3000"
+    api = await start_api(livekit_server.creds, api_key=KEY, allowed_origins=f"{app}/, https://app.example")
+    asks = {"Origin": app, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,x-voicecore-key"}  # fmt: skip
+    status, _, headers = await api.request("OPTIONS", "/api/connection-details", headers=asks)
+    assert status == 204, headers
+    assert headers["Access-Control-Allow-Origin"] == app and "Origin" in headers["Vary"]
+    assert headers["Access-Control-Allow-Methods"] == "POST"
+    allowed = {h.strip().lower() for h in headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"content-type", "authorization", "x-voicecore-key"} <= allowed
+    assert "Access-Control-Allow-Credentials" not in headers
+    assert int(headers["Access-Control-Max-Age"]) > 0
+
+    # the request itself, and a refusal the page can read
+    status, details, headers = await api.details({}, headers={"Origin": app, "X-Voicecore-Key": KEY})
+    assert status == 200 and details["participantToken"] and headers["Access-Control-Allow-Origin"] == app
+    status, body, headers = await api.details({}, headers={"Origin": app})
+    assert status == 401 and headers["Access-Control-Allow-Origin"] == app and "API key" in body["error"]
+
+    # another origin: refused, saying how to allow it, and no CORS header for the browser
+    for origin in ("https://evil.example", "null", "http://localhost:3001"):
+        status, body, headers = await api.request(
+            "OPTIONS", "/api/connection-details", headers={**asks, "Origin": origin}
+        )
+        assert status == 403 and "http.allowed_origins" in body["error"], (origin, body)
+        assert "Access-Control-Allow-Origin" not in headers
+        status, body, headers = await api.details({}, headers={"Origin": origin, "X-Voicecore-Key": KEY})
+        assert status == 403 and "Access-Control-Allow-Origin" not in headers
+    # a header or method that is not part of the API
+    status, body, _ = await api.request(
+        "OPTIONS", "/api/connection-details", headers={**asks, "Access-Control-Request-Headers": "x-evil"}
+    )
+    assert status == 403 and "x-evil" in body["error"]
+    status, body, _ = await api.request(
+        "OPTIONS", "/api/connection-details", headers={**asks, "Access-Control-Request-Method": "DELETE"}
+    )
+    assert status == 403 and "POST" in body["error"]
+    # not a preflight: what the path takes
+    status, _, headers = await api.request("OPTIONS", "/api/connection-details")
+    assert status == 204 and headers["Allow"] == "OPTIONS, POST"
+
+    # --dev: a frontend's dev server on this machine is let in; a web site is not
+    api = await start_api(livekit_server.creds, dev=True)
+    status, _, headers = await api.request("OPTIONS", "/api/connection-details", headers=asks)
+    assert status == 204 and headers["Access-Control-Allow-Origin"] == app
+    status, _, _ = await api.details({}, headers={"Origin": "https://evil.example"})
     assert status == 403
+
+
+@pytest.mark.parametrize("origins", ["*", "localhost:3000", "https://app.example/path", "ftp://x.example"])
+def test_allowed_origins_must_be_origins(config: Config, origins: str):
+    cfg = copy.deepcopy(config)
+    cfg.http.allowed_origins = origins
+    creds = Credentials("ws://127.0.0.1:7880", "k", "s")
+    with pytest.raises(ConfigError, match="http.allowed_origins"):
+        web_context(cfg, creds, ServeOptions(), Telemetry(), Readiness(creds.http_url))
 
 
 async def test_a_burst_over_the_rate_limit_gets_429(livekit_server: LiveKitServer, start_api: StartApi):
