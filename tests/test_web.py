@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import dataclasses
 import datetime
 import json
 import subprocess
@@ -79,11 +80,13 @@ async def start_api(config: Config) -> AsyncIterator[StartApi]:
         burst: int = 50,
         static_dir: Path | None = None,
         allowed_origins: str = "",
+        client_room_names: bool = False,
     ) -> Api:
         cfg = copy.deepcopy(config)
         cfg.livekit.agent_name = AGENT
         cfg.http.api_key = api_key
         cfg.http.allowed_origins = allowed_origins
+        cfg.http.client_room_names = client_room_names
         cfg.http.rate_burst = burst
         cfg.http.rate_per_minute = 6.0
         telemetry, readiness = Telemetry(), Readiness(creds.http_url, probe_timeout=1.0)
@@ -168,6 +171,28 @@ async def test_token_joins_its_own_room_and_nothing_else(livekit_server: LiveKit
             bearer = {"Authorization": f"Bearer {details['participantToken']}"}
             async with http.post(url, json={"name": "x"}, headers=bearer) as response:
                 assert response.status in (401, 403), (method, response.status)
+
+
+async def test_a_chosen_room_name_is_for_the_operator_to_allow(
+    livekit_server: LiveKitServer, start_api: StartApi
+):
+    """Off by default: a caller who knows (or guesses) the name of a room someone is in gets no
+    token for it. With `http.client_room_names`, the name is honoured (either spelling)."""
+    api = await start_api(livekit_server.creds, dev=True)
+    for body in ({"roomName": "support-42"}, {"room_name": "support-42"}):
+        status, answer, _ = await api.details(body)
+        assert status == 400 and "http.client_room_names" in answer["error"], answer
+    status, details, _ = await api.details({"participant_name": "Ada"})  # TokenSource's spelling
+    assert status == 200 and details["participantName"] == "Ada"
+    assert details["roomName"].startswith("voicecore-")
+
+    api = await start_api(livekit_server.creds, dev=True, client_room_names=True)
+    for body in ({"roomName": "support-42"}, {"room_name": "support-42"}):
+        status, details, _ = await api.details(body)
+        assert status == 200 and details["roomName"] == "support-42", details
+        assert _claims(details["participantToken"])["video"]["room"] == "support-42"
+    status, answer, _ = await api.details({"roomName": "a", "room_name": "b"})
+    assert status == 400 and "disagree" in answer["error"]
 
 
 async def test_fixed_room_hands_out_that_room(livekit_server: LiveKitServer, start_api: StartApi):
@@ -439,11 +464,16 @@ def test_request_validation_without_a_server():
     creds = Credentials("ws://127.0.0.1:7880", "k", "s")
     issuer = DetailsIssuer(creds, "wss://public.example", datetime.timedelta(minutes=10), "voicecore")
     assert issuer.parse(b"").room is None
-    assert issuer.parse(b'{"roomName": "support-42", "participantName": " Ada "}').participant_name == "Ada"
+    assert issuer.parse(b'{"participantName": " Ada "}').participant_name == "Ada"
     starter = b'{"room_config": {"agents": [{"agent_name": "voicecore"}]}}'  # LiveKit's starters send this
     assert issuer.parse(starter).room is None
     with pytest.raises(BadRequest, match="room_config.agents"):
         issuer.parse(b'{"room_config": {"agents": "all"}}')
+    with pytest.raises(BadRequest, match="client_room_names"):
+        issuer.parse(b'{"roomName": "support-42"}')
+    with pytest.raises(BadRequest, match="fresh identity"):
+        issuer.parse(b'{"participant_identity": "someone-else"}')
+    issuer = dataclasses.replace(issuer, client_room_names=True)
     details = issuer.issue(issuer.parse(b'{"roomName": "support-42"}'))
     assert details["serverUrl"] == "wss://public.example" and details["roomName"] == "support-42"
 
