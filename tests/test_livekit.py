@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from helpers import transcribe, words
+from livekit import rtc
 from livekit_fixtures import ROOT, Caller, LiveKitServer, agents_in, dispatch, listening, poll, reply_done
 
 from voicecore import Config, ConfigError, Models, load_config
@@ -76,6 +77,15 @@ async def test_question_answered_with_transcripts_and_state(
     agent = await asyncio.wait_for(AgentRoom.join(warm, lk_config, creds.ws_url, token), 15)
     try:
         caller = callers("alice")
+        # what older frontends read (useVoiceAssistant().agentTranscriptions): legacy packets
+        legacy: list[tuple[str, str, rtc.TranscriptionSegment]] = []  # (participant, track, segment)
+        caller.room.on(
+            "transcription_received",
+            lambda segments, participant, publication: legacy.extend(
+                (participant.identity if participant else "", publication.sid if publication else "", s)
+                for s in segments
+            ),
+        )
         await asyncio.wait_for(caller.join(creds, room), 15)
         await poll(partial(listening, caller), 10)
         await asyncio.sleep(0.5)
@@ -107,6 +117,17 @@ async def test_question_answered_with_transcripts_and_state(
         assert path[-1] == "listening", path
         i = path.index("thinking")
         assert path[i : i + 3] == ["thinking", "speaking", "listening"], path
+
+        # the same transcripts as legacy packets: same segments, same texts, the right tracks
+        await poll(lambda: any(s.final for who, _, s in legacy if who == agent.identity), 5)
+        user_legacy = [(track, s) for who, track, s in legacy if who == "alice" and s.final]
+        assert [s.text for _, s in user_legacy] == [final_user[0].text], legacy
+        assert user_legacy[0] == (caller.mic_sid, user_legacy[0][1])
+        assert user_legacy[0][1].id == final_user[0].attributes[ATTR_SEGMENT]
+        agent_legacy = [(track, s) for who, track, s in legacy if who == agent.identity]
+        assert {track for track, _ in agent_legacy} == {agent_track}, agent_legacy
+        assert {s.id for _, s in agent_legacy} == {t.attributes[ATTR_SEGMENT] for t in agent_lines}
+        assert [s.text for _, s in agent_legacy if s.final] == [caller.agent_finals()[-1].text]
     finally:
         await agent.aclose()
     assert not agent.room.isconnected()

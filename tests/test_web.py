@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import dataclasses
 import datetime
 import json
 import subprocess
@@ -24,8 +25,9 @@ from livekit_fixtures import LiveKitServer, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from voicecore import Config, TurnRecord, load_config
+from voicecore.errors import ConfigError
 from voicecore.metrics import STAGES
-from voicecore.rtc import Credentials
+from voicecore.rtc import Credentials, user_token
 from voicecore.service import ServeOptions, web_context
 from voicecore.telemetry import Telemetry
 from voicecore.web.app import STATIC_DIR, WebServer, build_app
@@ -77,10 +79,14 @@ async def start_api(config: Config) -> AsyncIterator[StartApi]:
         api_key: str | None = None,
         burst: int = 50,
         static_dir: Path | None = None,
+        allowed_origins: str = "",
+        client_room_names: bool = False,
     ) -> Api:
         cfg = copy.deepcopy(config)
         cfg.livekit.agent_name = AGENT
         cfg.http.api_key = api_key
+        cfg.http.allowed_origins = allowed_origins
+        cfg.http.client_room_names = client_room_names
         cfg.http.rate_burst = burst
         cfg.http.rate_per_minute = 6.0
         telemetry, readiness = Telemetry(), Readiness(creds.http_url, probe_timeout=1.0)
@@ -123,7 +129,8 @@ async def test_token_joins_its_own_room_and_nothing_else(livekit_server: LiveKit
     assert not {"roomCreate", "roomList", "roomAdmin", "roomRecord", "agent", "ingressAdmin"} & {
         k for k, v in video.items() if v
     }, video
-    assert video["canPublishSources"] == ["microphone"] and video["canPublishData"] is False
+    # a microphone, and data (the starters' chat box, livekit-client's pre-connect audio); no camera
+    assert video["canPublishSources"] == ["microphone"] and video["canPublishData"] is True
     assert claims["exp"] - claims["nbf"] == 600  # ten minutes to join
     assert claims["roomConfig"]["agents"] == [{"agentName": AGENT}]  # the agent comes with the room
 
@@ -131,14 +138,26 @@ async def test_token_joins_its_own_room_and_nothing_else(livekit_server: LiveKit
     _, other, _ = await api.details()
     assert other["roomName"] != details["roomName"]
 
-    # the LiveKit server lets it into that room...
-    room = rtc.Room()
+    # the LiveKit server lets it into that room, where it can send text as a chat box does...
+    room, listener = rtc.Room(), rtc.Room()
+    chat: asyncio.Queue[str] = asyncio.Queue()
+
+    def on_chat(reader: rtc.TextStreamReader, sender: str) -> None:
+        reading = asyncio.ensure_future(reader.read_all())
+        reading.add_done_callback(lambda done: chat.put_nowait(done.result()))
+
+    listener.register_text_stream_handler("lk.chat", on_chat)
+    listener_token = user_token(livekit_server.creds, details["roomName"], "listener")
+    await asyncio.wait_for(listener.connect(details["serverUrl"], listener_token), 15)
     await asyncio.wait_for(room.connect(details["serverUrl"], details["participantToken"]), 15)
     try:
         assert room.name == details["roomName"]
         assert room.local_participant.name == "Ada"
+        await asyncio.wait_for(room.local_participant.send_text("hello there", topic="lk.chat"), 10)
+        assert await asyncio.wait_for(chat.get(), 10) == "hello there"
     finally:
         await room.disconnect()
+        await listener.disconnect()
 
     # ...and into no other: the room is signed into the token
     forged = _with_claims(details["participantToken"], {**claims, "video": {**video, "room": "someone-else"}})
@@ -152,6 +171,28 @@ async def test_token_joins_its_own_room_and_nothing_else(livekit_server: LiveKit
             bearer = {"Authorization": f"Bearer {details['participantToken']}"}
             async with http.post(url, json={"name": "x"}, headers=bearer) as response:
                 assert response.status in (401, 403), (method, response.status)
+
+
+async def test_a_chosen_room_name_is_for_the_operator_to_allow(
+    livekit_server: LiveKitServer, start_api: StartApi
+):
+    """Off by default: a caller who knows (or guesses) the name of a room someone is in gets no
+    token for it. With `http.client_room_names`, the name is honoured (either spelling)."""
+    api = await start_api(livekit_server.creds, dev=True)
+    for body in ({"roomName": "support-42"}, {"room_name": "support-42"}):
+        status, answer, _ = await api.details(body)
+        assert status == 400 and "http.client_room_names" in answer["error"], answer
+    status, details, _ = await api.details({"participant_name": "Ada"})  # TokenSource's spelling
+    assert status == 200 and details["participantName"] == "Ada"
+    assert details["roomName"].startswith("voicecore-")
+
+    api = await start_api(livekit_server.creds, dev=True, client_room_names=True)
+    for body in ({"roomName": "support-42"}, {"room_name": "support-42"}):
+        status, details, _ = await api.details(body)
+        assert status == 200 and details["roomName"] == "support-42", details
+        assert _claims(details["participantToken"])["video"]["room"] == "support-42"
+    status, answer, _ = await api.details({"roomName": "a", "room_name": "b"})
+    assert status == 400 and "disagree" in answer["error"]
 
 
 async def test_fixed_room_hands_out_that_room(livekit_server: LiveKitServer, start_api: StartApi):
@@ -175,7 +216,7 @@ async def test_outside_dev_mode_a_key_is_required(livekit_server: LiveKitServer,
         assert status == 200 and details["participantToken"]
     # the right key from another web site's page is still refused
     status, body, _ = await api.details(headers={"X-Voicecore-Key": KEY, "Origin": "https://evil.example"})
-    assert status == 403 and "other web sites" in body["error"]
+    assert status == 403 and "http.allowed_origins" in body["error"]
 
     # without a key configured: the served page only (same origin)
     api = await start_api(livekit_server.creds)
@@ -183,8 +224,70 @@ async def test_outside_dev_mode_a_key_is_required(livekit_server: LiveKitServer,
     assert status == 401 and "VOICECORE_HTTP_API_KEY" in body["error"]
     status, _, _ = await api.details(headers={"Origin": api.url})
     assert status == 200
-    status, _, _ = await api.details(headers={"Origin": "http://localhost:1"})
+    status, body, _ = await api.details(headers={"Origin": "http://localhost:1"})
+    assert status == 403 and "http.allowed_origins" in body["error"]
+
+
+async def test_cors_for_the_listed_origins_only(livekit_server: LiveKitServer, start_api: StartApi):
+    """What a browser does before and while a page on another origin fetches a token
+    (agent-starter-react's TokenSource.endpoint): a preflight, then the POST; only a listed origin
+    is answered with CORS headers, by name, never `*` and never with credentials."""
+    app = "http://localhost:3000"
+    api = await start_api(livekit_server.creds, api_key=KEY, allowed_origins=f"{app}/, https://app.example")
+    asks = {"Origin": app, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,x-voicecore-key"}  # fmt: skip
+    status, _, headers = await api.request("OPTIONS", "/api/connection-details", headers=asks)
+    assert status == 204, headers
+    assert headers["Access-Control-Allow-Origin"] == app and "Origin" in headers["Vary"]
+    assert headers["Access-Control-Allow-Methods"] == "POST"
+    allowed = {h.strip().lower() for h in headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"content-type", "authorization", "x-voicecore-key"} <= allowed
+    assert "Access-Control-Allow-Credentials" not in headers
+    assert int(headers["Access-Control-Max-Age"]) > 0
+
+    # the request itself, and a refusal the page can read
+    status, details, headers = await api.details({}, headers={"Origin": app, "X-Voicecore-Key": KEY})
+    assert status == 200 and details["participantToken"] and headers["Access-Control-Allow-Origin"] == app
+    status, body, headers = await api.details({}, headers={"Origin": app})
+    assert status == 401 and headers["Access-Control-Allow-Origin"] == app and "API key" in body["error"]
+
+    # another origin: refused, saying how to allow it, and no CORS header for the browser
+    for origin in ("https://evil.example", "null", "http://localhost:3001"):
+        status, body, headers = await api.request(
+            "OPTIONS", "/api/connection-details", headers={**asks, "Origin": origin}
+        )
+        assert status == 403 and "http.allowed_origins" in body["error"], (origin, body)
+        assert "Access-Control-Allow-Origin" not in headers
+        status, body, headers = await api.details({}, headers={"Origin": origin, "X-Voicecore-Key": KEY})
+        assert status == 403 and "Access-Control-Allow-Origin" not in headers
+    # a header or method that is not part of the API
+    status, body, _ = await api.request(
+        "OPTIONS", "/api/connection-details", headers={**asks, "Access-Control-Request-Headers": "x-evil"}
+    )
+    assert status == 403 and "x-evil" in body["error"]
+    status, body, _ = await api.request(
+        "OPTIONS", "/api/connection-details", headers={**asks, "Access-Control-Request-Method": "DELETE"}
+    )
+    assert status == 403 and "POST" in body["error"]
+    # not a preflight: what the path takes
+    status, _, headers = await api.request("OPTIONS", "/api/connection-details")
+    assert status == 204 and headers["Allow"] == "OPTIONS, POST"
+
+    # --dev: a frontend's dev server on this machine is let in; a web site is not
+    api = await start_api(livekit_server.creds, dev=True)
+    status, _, headers = await api.request("OPTIONS", "/api/connection-details", headers=asks)
+    assert status == 204 and headers["Access-Control-Allow-Origin"] == app
+    status, _, _ = await api.details({}, headers={"Origin": "https://evil.example"})
     assert status == 403
+
+
+@pytest.mark.parametrize("origins", ["*", "localhost:3000", "https://app.example/path", "ftp://x.example"])
+def test_allowed_origins_must_be_origins(config: Config, origins: str):
+    cfg = copy.deepcopy(config)
+    cfg.http.allowed_origins = origins
+    creds = Credentials("ws://127.0.0.1:7880", "k", "s")
+    with pytest.raises(ConfigError, match="http.allowed_origins"):
+        web_context(cfg, creds, ServeOptions(), Telemetry(), Readiness(creds.http_url))
 
 
 async def test_a_burst_over_the_rate_limit_gets_429(livekit_server: LiveKitServer, start_api: StartApi):
@@ -361,11 +464,16 @@ def test_request_validation_without_a_server():
     creds = Credentials("ws://127.0.0.1:7880", "k", "s")
     issuer = DetailsIssuer(creds, "wss://public.example", datetime.timedelta(minutes=10), "voicecore")
     assert issuer.parse(b"").room is None
-    assert issuer.parse(b'{"roomName": "support-42", "participantName": " Ada "}').participant_name == "Ada"
+    assert issuer.parse(b'{"participantName": " Ada "}').participant_name == "Ada"
     starter = b'{"room_config": {"agents": [{"agent_name": "voicecore"}]}}'  # LiveKit's starters send this
     assert issuer.parse(starter).room is None
     with pytest.raises(BadRequest, match="room_config.agents"):
         issuer.parse(b'{"room_config": {"agents": "all"}}')
+    with pytest.raises(BadRequest, match="client_room_names"):
+        issuer.parse(b'{"roomName": "support-42"}')
+    with pytest.raises(BadRequest, match="fresh identity"):
+        issuer.parse(b'{"participant_identity": "someone-else"}')
+    issuer = dataclasses.replace(issuer, client_room_names=True)
     details = issuer.issue(issuer.parse(b'{"roomName": "support-42"}'))
     assert details["serverUrl"] == "wss://public.example" and details["roomName"] == "support-42"
 

@@ -8,22 +8,26 @@ loopback, the agent's worker registration and dispatch, the models.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import words
-from livekit_fixtures import ROOT, free_port, livekit_binary
+from livekit_fixtures import ROOT, LiveKitServer, free_port, livekit_binary
 from prometheus_client.parser import text_string_to_metric_families
 
 from voicecore import AudioFrame, write_wav
@@ -81,19 +85,26 @@ def question_wav(say, tmp_path: Path) -> Path:
 
 
 class Served:
-    """`python -m voicecore serve --dev` as a child process, its output in a file."""
+    """`python -m voicecore serve --dev` (or `serve ARGS` with `env`) as a child process, its
+    output in a file."""
 
-    def __init__(self, port: int, log: Path) -> None:
+    def __init__(
+        self, port: int, log: Path, args: Sequence[str] = ("--dev",), env: dict[str, str] | None = None
+    ) -> None:
         self.url = f"http://127.0.0.1:{port}/"
         self.log = log
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "VOICECORE_"))}
-        env["PYTHONUNBUFFERED"] = "1"
-        env["PATH"] = f"{ROOT / '.local' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "VOICECORE_"))}
+        clean["PYTHONUNBUFFERED"] = "1"
+        clean["PATH"] = f"{ROOT / '.local' / 'bin'}{os.pathsep}{clean.get('PATH', '')}"
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "voicecore", "serve", "--dev", "--http-port", str(port)],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                [sys.executable, "-m", "voicecore", "serve", *args, "--http-port", str(port)],
+                stdout=out, stderr=subprocess.STDOUT, env={**clean, **(env or {})}, cwd=ROOT,
             )  # fmt: skip
+
+    def wait_registered(self) -> None:
+        wait_for(lambda: self.proc.poll() is not None or "registered as" in self.output(), 120)
+        assert self.proc.poll() is None, self.output()[-3000:]
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -129,8 +140,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
         pytest.skip("the talk page is not built (bin/setup builds it; needs Node.js)")
     server = Served(free_port(), tmp_path / "serve.log")
     try:
-        wait_for(lambda: server.proc.poll() is not None or "registered as" in server.output(), 120)
-        assert server.proc.poll() is None, server.output()[-3000:]
+        server.wait_registered()
         yield server
     finally:
         server.stop()
@@ -150,6 +160,7 @@ def browser(question_wav: Path, tmp_path: Path):
     options.add_argument(f"--use-file-for-fake-audio-capture={question_wav}")
     options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
     options.add_argument("--window-size=1280,800")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(20)
     try:
@@ -244,3 +255,150 @@ def test_a_person_talks_to_the_agent_in_the_browser(served: Served, browser, art
     assert re.search(r"left room voicecore-\w+", served.output())
     for pid in livekit:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+# -- LiveKit's own components, from another origin ------------------------------------------------
+COMPAT_PAGE = ROOT / "tests" / "frontend_compat" / "dist"
+COMPAT_KEY = "compat-http-key-0123456789abcdef"
+COMPAT_AGENT = "vc-compat"  # its own agent name: no other worker on the server takes these rooms
+COMPAT_LIVEKIT_KEYS = {"compat-lk": "compat-lk-secret-0123456789abcdef0123"}  # not the dev pair
+COMPAT_SEEN = """
+return {
+  states: window.__compat.states,
+  messages: Array.from(document.querySelectorAll('.message')).map(m => ({
+    type: m.dataset.type, final: m.dataset.final === 'true', text: m.textContent})),
+  legacy: Array.from(document.querySelectorAll('.segment')).map(s => ({
+    final: s.dataset.final === 'true', text: s.textContent})),
+  error: document.getElementById('error').textContent,
+};
+"""
+FETCH_TOKEN = """
+const [url, key, done] = arguments;
+fetch(url, {method: 'POST', headers: {'Content-Type': 'application/json', 'X-Voicecore-Key': key},
+            body: '{}'})
+  .then(r => done('status ' + r.status), e => done('failed: ' + e));
+"""
+
+
+class PageServer:
+    """The compatibility page on a plain HTTP server of its own (a thread): another origin than
+    voicecore's, as a frontend deployed apart from the agent is."""
+
+    def __init__(self, directory: Path) -> None:
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        handler = functools.partial(Quiet, directory=str(directory))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, name="compat-page", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def compat_page() -> Iterator[PageServer]:
+    if not (COMPAT_PAGE / "index.html").is_file():
+        pytest.skip("the compatibility page is not built (bin/setup builds it; needs Node.js)")
+    page = PageServer(COMPAT_PAGE)
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+@pytest.fixture
+def production_livekit(tmp_path: Path) -> Iterator[LiveKitServer]:
+    binary = livekit_binary()
+    if binary is None:
+        pytest.skip("livekit-server not found (bin/setup builds it)")
+    workdir = tmp_path / "livekit"
+    workdir.mkdir()
+    server = LiveKitServer(binary, workdir, keys=COMPAT_LIVEKIT_KEYS)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_livekit_components_from_another_origin(
+    production_livekit: LiveKitServer, compat_page: PageServer, browser, tmp_path: Path
+):
+    """A page built from LiveKit's own components (@livekit/components-react 2.9.24,
+    livekit-client 2.23.0, assembled as agent-starter-react does: useSession over
+    TokenSource.endpoint, useAgent, useSessionMessages, useChat, RoomAudioRenderer) on an origin
+    of its own, talking to `voicecore serve` as an operator runs it: production LiveKit keys, an
+    HTTP key, the page's origin in `http.allowed_origins`. The browser asks CORS first (the key
+    header and the JSON body both need a preflight), gets a token, joins, and the fake microphone
+    asks "What is the capital of France?". The page must show the agent going listening ->
+    thinking -> speaking -> listening, the question as the person's transcript and "Paris" as the
+    agent's (text streams), "Paris" in `useVoiceAssistant().agentTranscriptions` too (the legacy
+    transcription packets older frontends read), and log no console error. A page on an origin
+    that is not listed cannot read a token.
+
+    Not checked: a typed chat message answered by the agent. The page has the starter's useChat
+    and its token may send data, but voicecore does not answer typed chat yet (a separate issue).
+    """
+    from selenium.webdriver.common.by import By
+
+    origin = f"http://localhost:{compat_page.port}"
+    creds = production_livekit.creds
+    served = Served(
+        free_port(),
+        tmp_path / "serve.log",
+        args=(),
+        env={
+            "LIVEKIT_URL": creds.ws_url, "LIVEKIT_API_KEY": creds.api_key,
+            "LIVEKIT_API_SECRET": creds.api_secret,
+            "VOICECORE_HTTP_API_KEY": COMPAT_KEY, "VOICECORE_HTTP_ALLOWED_ORIGINS": origin,
+            "VOICECORE_LIVEKIT_AGENT_NAME": COMPAT_AGENT,
+        },
+    )  # fmt: skip
+    driver = browser
+    try:
+        served.wait_registered()
+        endpoint = served.url + "api/connection-details"
+        query = urllib.parse.urlencode({"endpoint": endpoint, "agent": COMPAT_AGENT, "key": COMPAT_KEY})
+        driver.get(f"{origin}/index.html?{query}")
+        driver.find_element(By.ID, "start").click()
+
+        def seen() -> dict:
+            return driver.execute_script(COMPAT_SEEN)
+
+        def answered() -> bool:
+            now = seen()
+            assert not now["error"], now["error"]
+            agent = [m for m in now["messages"] if m["type"] == "agentTranscript" and m["final"]]
+            return any("paris" in words(m["text"]) for m in agent) and now["states"][-1:] == ["listening"]
+
+        try:
+            wait_for(answered, 90)
+        finally:
+            print(f"\nthe page saw: {seen()}")
+        now = seen()
+        user = [m for m in now["messages"] if m["type"] == "userTranscript" and m["final"]]
+        assert user and {"capital", "france"} <= set(words(user[0]["text"])), now["messages"]
+        assert any(s["final"] and "paris" in words(s["text"]) for s in now["legacy"]), now["legacy"]
+        states = now["states"]
+        i = states.index("listening")
+        j = states.index("thinking", i)
+        k = states.index("speaking", j)
+        assert "listening" in states[k:], states
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not errors, errors
+
+        # the same page on an origin that is not listed (127.0.0.1 is not localhost to a browser)
+        driver.get(f"http://127.0.0.1:{compat_page.port}/index.html")
+        answer = driver.execute_async_script(FETCH_TOKEN, endpoint, COMPAT_KEY)
+        assert answer.startswith("failed"), answer
+        refused = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert any("CORS" in message for message in refused), refused
+    finally:
+        code = served.stop()
+    assert code == 0, served.output()[-3000:]

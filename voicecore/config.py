@@ -135,7 +135,12 @@ class HttpConfig:
     # Required by POST /api/connection-details outside --dev when set (VOICECORE_HTTP_API_KEY);
     # unset, only same-origin requests from the served page get tokens. Never logged.
     api_key: str | None = field(default=None, repr=False)
-    allowed_origins: str = ""  # comma-separated extra browser origins allowed to ask for tokens
+    # Comma-separated origins of other web sites whose pages may ask for tokens (CORS), e.g. a
+    # LiveKit starter frontend: "https://app.example.com,http://localhost:3000". Never "*".
+    allowed_origins: str = ""
+    # Let a token request name its room (`roomName`). Off: a fresh room per call, so nobody gets
+    # a token for a room someone else is in by knowing its name.
+    client_room_names: bool = False
     public_livekit_url: str | None = None  # LiveKit URL handed to browsers; None = livekit.url
     token_ttl: float = 600.0  # seconds a handed-out participant token can be used to join
     rate_per_minute: float = 12.0  # connection details per client IP, sustained ...

@@ -56,6 +56,7 @@ def web_context(
         ttl=datetime.timedelta(seconds=http.token_ttl),
         agent_name=config.livekit.agent_name,
         fixed_room=options.room,
+        client_room_names=http.client_room_names,
     )
     limiter = RateLimiter(http.rate_per_minute, http.rate_burst)
     return WebContext(policy, limiter, issuer, readiness, telemetry)

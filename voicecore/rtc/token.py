@@ -136,14 +136,17 @@ def browser_token(
     agent_name: str | None = None,
 ) -> str:
     """What a browser gets from /api/connection-details: join `room` only (no admin, create or
-    list grants), publish a microphone and nothing else, hear the agent; for `ttl`. With
-    `agent_name`, creating the room dispatches that agent to it (RoomConfiguration.agents)."""
+    list grants), publish a microphone (no camera or screen: the agent only listens) and data,
+    hear the agent; for `ttl`. Data is what LiveKit's frontends send text with: the starters'
+    chat box (`sendText` on `lk.chat`) and the pre-connect audio buffer livekit-client streams to
+    the agent. With `agent_name`, creating the room dispatches that agent to it
+    (RoomConfiguration.agents)."""
     grants = api.VideoGrants(
         room_join=True,
         room=room,
         can_publish=True,
         can_subscribe=True,
-        can_publish_data=False,
+        can_publish_data=True,
         can_publish_sources=["microphone"],
     )
     token = (

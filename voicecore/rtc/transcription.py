@@ -7,6 +7,11 @@ whole text so far, `lk.transcription_final` "false" until the last one, `lk.tran
 naming the audio track the words belong to. A person's transcript is sent on their behalf
 (sender identity = theirs); the agent's own is sent as the agent.
 
+Each update also goes out as a legacy transcription packet (`publish_transcription`, the same
+segment id and text), which older frontends read (`useVoiceAssistant().agentTranscriptions`,
+`RoomEvent.TranscriptionReceived`): LiveKit Agents 1.x still sends both
+(room_io `_ParticipantTranscriptionOutput`), and so does voicecore.
+
 voicecore's own addition: when a turn is over, its `TurnRecord` latencies go as one JSON text on
 topic `voicecore.metrics` to the person answered (no one else), for the talk page to show.
 
@@ -137,7 +142,8 @@ class TranscriptStream:
     def _publish(self, text: str, final: bool) -> None:
         if self._segment is None:
             self._segment = f"SG_{uuid.uuid4().hex[:12]}"
-        attributes = {ATTR_FINAL: "true" if final else "false", ATTR_SEGMENT: self._segment}
+        segment = self._segment
+        attributes = {ATTR_FINAL: "true" if final else "false", ATTR_SEGMENT: segment}
         if track_sid := self._track_sid():
             attributes[ATTR_TRACK] = track_sid
 
@@ -147,6 +153,12 @@ class TranscriptStream:
             )
             await writer.write(text)
             await writer.aclose()
+            if track_sid:  # a legacy packet names its track; before there is one, none is sent
+                legacy = rtc.TranscriptionSegment(
+                    id=segment, text=text, start_time=0, end_time=0, language="", final=final
+                )
+                packet = rtc.Transcription(self._sender, track_sid, [legacy])
+                await self._participant.publish_transcription(packet)
 
         self._outbox.post(send, droppable=not final)
 

@@ -3,6 +3,7 @@
     GET  /                        the talk page (built assets in voicecore/web/static/)
     GET  /static/...              its script and style
     POST /api/connection-details  a fresh room and a join token for it (details.py, auth.py)
+    OPTIONS /api/connection-details  the CORS preflight of a page on an allowed origin (auth.py)
     GET  /healthz                 the process answers
     GET  /readyz                  models warm, LiveKit reachable, agent registered (health.py)
     GET  /metrics                 Prometheus (telemetry.py)
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from voicecore.telemetry import Telemetry
 from voicecore.web.auth import AccessPolicy, RateLimiter, Refused
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 server_log = logging.getLogger(f"{__name__}.server")  # aiohttp's connection-level errors
 
 STATIC_DIR = Path(__file__).parent / "static"
+DETAILS_PATH = "/api/connection-details"
 MAX_BODY = 16 * 1024  # connection-details bodies are a few dozen bytes
 PAGE_POLICY = (
     "default-src 'self'; connect-src 'self' ws: wss: http: https:; img-src 'self' data:; "
@@ -77,7 +79,8 @@ def build_app(context: WebContext) -> web.Application:
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/", index)
     app.router.add_get("/static/{name}", static)
-    app.router.add_post("/api/connection-details", connection_details)
+    app.router.add_post(DETAILS_PATH, connection_details)
+    app.router.add_route("OPTIONS", DETAILS_PATH, preflight)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -117,6 +120,12 @@ async def connection_details(request: web.Request) -> web.Response:
         raise Refused(400, str(e)) from None
     log.info("connection details: room %s for %s", details["roomName"], client)
     return web.json_response(details, headers={"Cache-Control": "no-store"})
+
+
+async def preflight(request: web.Request) -> web.Response:
+    if "Origin" not in request.headers:  # not a browser's preflight: say what the path takes
+        return web.Response(status=204, headers={"Allow": "OPTIONS, POST"})
+    return web.Response(status=204, headers=request.app[CONTEXT].policy.preflight(request))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -169,6 +178,11 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    origin = request.headers.get("Origin")
+    if request.path == DETAILS_PATH and origin and request.app[CONTEXT].policy.cross_origin(origin):
+        # errors too: the page on that origin can then read why it was refused
+        for name, value in request.app[CONTEXT].policy.cors_headers(origin).items():
+            response.headers.setdefault(name, value)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     if response.content_type == "text/html":
@@ -202,6 +216,48 @@ class _MalformedRequests(logging.Filter):
 server_log.addFilter(_MalformedRequests())
 
 
+class _JsonErrorHandler(web.RequestHandler):
+    """A request aiohttp's parser rejects (a 60 KB header, a broken request line) never reaches
+    the middleware: aiohttp answers it itself, in plain text. Give it the JSON shape every other
+    error has, without quoting the request's bytes back."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs (filtered above); closes
+        if isinstance(exc, LineTooLong):
+            status, text = 431, f"request line or header too large (at most {self.max_field_size} bytes each)"
+        elif status < 500:
+            text = f"malformed HTTP request ({type(exc).__name__ if exc else status})"
+        else:
+            text = "internal error (the server's log has the details)"
+        response = _error(status, text)
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    __slots__ = ()
+
+    def __call__(self) -> web.RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = _JsonErrorHandler  # same fields; only its error answer differs
+        return handler
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonErrorServer  # the app's own server, making the handlers above
+        return server
+
+
 class WebServer:
     """`build_app`'s application on host:port, started and stopped with the agent."""
 
@@ -213,7 +269,7 @@ class WebServer:
 
     async def start(self) -> str:
         """Listen; the page's URL. `OSError` (port taken) is the caller's to explain."""
-        runner = web.AppRunner(self.app, shutdown_timeout=2.0, logger=server_log)
+        runner = _Runner(self.app, shutdown_timeout=2.0, logger=server_log)
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, self.port).start()

@@ -6,9 +6,12 @@
 - No key: only the talk page served here, i.e. browser requests whose `Origin` is this server.
   That keeps other web sites from minting tokens through a visitor's browser; it does not stop a
   script that forges the header, which is why anything reachable beyond your machine needs a key.
-- Either way a browser request from another origin is refused (unless listed in
-  `http.allowed_origins`), and on a loopback address only loopback host names are answered (a
-  DNS-rebinding page cannot reach a local dev server through a name of its own).
+- In every mode a browser request from another origin is refused, unless that origin is listed
+  in `http.allowed_origins` (or, with `--dev`, is a loopback page such as a frontend's dev server
+  on http://localhost:3000). Listed origins get CORS: a preflight answer naming exactly them
+  (never `*`, never credentials), so LiveKit's starter frontends can fetch tokens from their own
+  origin. On a loopback address only loopback host names are answered (a DNS-rebinding page
+  cannot reach a local dev server through a name of its own).
 """
 
 from __future__ import annotations
@@ -23,8 +26,13 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from voicecore.errors import ConfigError
+
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 KEY_HEADER = "X-Voicecore-Key"
+# What a cross-origin page may send: the JSON body's type and either form of the key.
+CORS_HEADERS = ("Content-Type", "Authorization", KEY_HEADER)
+CORS_MAX_AGE = 600  # seconds a browser may reuse a preflight answer
 
 
 class Refused(Exception):
@@ -49,7 +57,7 @@ class AccessPolicy:
     def build(
         cls, *, dev: bool, api_key: str | None, allowed_origins: Iterable[str], host: str, trust_proxy: bool
     ) -> AccessPolicy:
-        origins = frozenset(o.strip().rstrip("/") for o in allowed_origins if o.strip())
+        origins = frozenset(_origin(o) for o in allowed_origins if o.strip())
         return cls(dev, api_key or None, origins, is_loopback(host), trust_proxy)
 
     def check_host(self, request: web.Request) -> None:
@@ -63,11 +71,11 @@ class AccessPolicy:
 
     def authorize(self, request: web.Request) -> None:
         """Let a connection-details request through, or raise `Refused` (401 or 403)."""
+        origin = request.headers.get("Origin")
+        if origin is not None and not self._same_origin(request, origin) and not self.cross_origin(origin):
+            raise Refused(403, _foreign(origin))
         if self.dev:
             return
-        origin = request.headers.get("Origin")
-        if origin is not None and not self._origin_allowed(request, origin):
-            raise Refused(403, "requests from other web sites are refused (see http.allowed_origins)")
         if self.api_key is not None:
             presented = _presented_key(request)
             if presented is None:
@@ -90,14 +98,94 @@ class AccessPolicy:
             return forwarded.split(",")[-1].strip()  # the address our own proxy saw
         return request.remote or "unknown"
 
-    def _origin_allowed(self, request: web.Request, origin: str) -> bool:
+    def cross_origin(self, origin: str) -> bool:
+        """Whether a page on `origin` (another than this server's) may ask for tokens, and read
+        the answer: CORS is granted to exactly these."""
         origin = origin.rstrip("/")
         if origin in self.allowed_origins:
             return True
+        # --dev: a frontend's own dev server on this machine (agent-starter-react: localhost:3000)
+        return self.dev and _loopback_origin(origin)
+
+    def preflight(self, request: web.Request) -> dict[str, str]:
+        """The CORS headers that answer a preflight (`OPTIONS` with `Origin`), or `Refused` (403)
+        saying what this server does not allow."""
+        origin = request.headers["Origin"]
+        if not self.cross_origin(origin):
+            raise Refused(403, _foreign(origin))
+        method = request.headers.get("Access-Control-Request-Method", "POST")
+        if method != "POST":
+            raise Refused(403, f"cross-origin {method} is not allowed here; only POST")
+        allowed = {name.lower() for name in CORS_HEADERS}
+        asked = [h.strip() for h in request.headers.get("Access-Control-Request-Headers", "").split(",")]
+        extra = [h for h in asked if h and h.lower() not in allowed]
+        if extra:
+            allowed_list = ", ".join(CORS_HEADERS)
+            raise Refused(403, f"header {extra[0][:100]!r} not allowed cross-origin; allowed: {allowed_list}")
+        headers = {
+            **self.cors_headers(origin),
+            "Access-Control-Allow-Methods": "POST",
+            "Access-Control-Allow-Headers": ", ".join(CORS_HEADERS),
+            "Access-Control-Max-Age": str(CORS_MAX_AGE),
+        }
+        if request.headers.get("Access-Control-Request-Private-Network") == "true":
+            # Chromium asks before a public page reaches a private address (voicecore on a LAN)
+            headers["Access-Control-Allow-Private-Network"] = "true"
+        return headers
+
+    @staticmethod
+    def cors_headers(origin: str) -> dict[str, str]:
+        """What lets a page on `origin` read an answer: that origin by name, never `*`, and no
+        credentials (the key travels in a header the page sets itself, not in a cookie)."""
+        return {
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Expose-Headers": "Retry-After",
+            "Vary": "Origin",
+        }
+
+    def _same_origin(self, request: web.Request, origin: str) -> bool:
+        origin = origin.rstrip("/")
         scheme = request.scheme
         if self.trust_proxy:
             scheme = request.headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
         return origin == f"{scheme}://{request.host}"
+
+
+def _foreign(origin: str) -> str:
+    return (
+        f"requests from the web site {origin[:100]!r} are refused: list it in http.allowed_origins "
+        "(VOICECORE_HTTP_ALLOWED_ORIGINS) to let its pages ask for tokens"
+    )
+
+
+def _origin(configured: str) -> str:
+    """One `http.allowed_origins` entry, checked: scheme://host[:port], as browsers send it."""
+    origin = configured.strip().rstrip("/")
+    parts = urlsplit(origin)
+    if origin == "*":
+        raise ConfigError(
+            "http.allowed_origins: '*' is not allowed (any web site could mint tokens through its "
+            "visitors' browsers); list the origins, e.g. https://app.example.com"
+        )
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+        raise ConfigError(
+            f"http.allowed_origins: {configured.strip()!r} is not an origin; write scheme://host[:port], "
+            "e.g. http://localhost:3000 (no path)"
+        )
+    return origin.lower()
+
+
+def _loopback_origin(origin: str) -> bool:
+    """A well-formed http(s)://host[:port] on this machine; it is echoed in a header if so."""
+    if not (origin.isascii() and origin.isprintable()):
+        return False
+    parts = urlsplit(origin)
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        return False
+    well_formed = parts.scheme in ("http", "https") and origin == f"{parts.scheme}://{parts.netloc}"
+    return well_formed and is_loopback(parts.hostname or "")
 
 
 def _presented_key(request: web.Request) -> str | None:

@@ -1,12 +1,14 @@
 """POST /api/connection-details: a room and a token for one browser, in the shape LiveKit's
 starter frontends use: `{serverUrl, roomName, participantName, participantToken}`.
 
-The optional JSON body may name the room (`roomName`) and the person (`participantName`);
-`room_config` (what LiveKit's starters send to pick an agent) is accepted when it names this
-server's agent. By default every call gets a fresh room, and the agent comes with it: in worker
-mode the token carries a dispatch of this agent (RoomConfiguration.agents), so the room is
-created, and the agent sent, only when the person actually joins. With `serve --room NAME` the
-agent is already in NAME, and that is the only room handed out.
+The optional JSON body may name the person (`participantName`, or `participant_name` as
+livekit-client's `TokenSource.endpoint` sends it) and, when the operator allows it
+(`http.client_room_names`), the room (`roomName` / `room_name`); `room_config` (what LiveKit's
+starters send to pick an agent) is accepted when it names this server's agent. By default every
+call gets a fresh room, and the agent comes with it: in worker mode the token carries a dispatch
+of this agent (RoomConfiguration.agents), so the room is created, and the agent sent, only when
+the person actually joins. With `serve --room NAME` the agent is already in NAME, and that is the
+only room handed out.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from voicecore.rtc.token import Credentials, browser_token
 
 ROOM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_NAME = 64
-FIELDS = ("roomName", "participantName", "room_config")
+FIELDS = ("roomName", "participantName", "room_config", "room_name", "participant_name")
+# LiveKit's TokenSourceRequest fields that voicecore does not take from a browser: it picks the
+# identity itself (a fresh one per token, so nobody can pose as another participant).
+REFUSED = ("participant_identity", "participant_metadata", "participant_attributes")
 
 
 class BadRequest(ValueError):
@@ -42,6 +47,9 @@ class DetailsIssuer:
     ttl: datetime.timedelta
     agent_name: str
     fixed_room: str | None = None  # `serve --room`: the agent is there, hand out only that room
+    # Let the caller name the room (`http.client_room_names`). Off: a fresh room per call, so a
+    # caller cannot get a token for someone else's existing room by guessing its name.
+    client_room_names: bool = False
 
     def parse(self, body: bytes) -> DetailsRequest:
         """Validate the request body (empty, or a JSON object); `BadRequest` says what is wrong."""
@@ -56,15 +64,23 @@ class DetailsIssuer:
             raise BadRequest("the body is not valid JSON: not UTF-8 text") from None
         if not isinstance(data, dict):
             raise BadRequest("the body must be a JSON object (or empty)")
+        refused = [key for key in data if key in REFUSED]
+        if refused:
+            raise BadRequest(f"{refused[0]}: not accepted; voicecore gives every token a fresh identity")
         unknown = [key for key in data if key not in FIELDS]
         if unknown:
             raise BadRequest(f"unknown field {unknown[0]!r}; known: {', '.join(FIELDS)}")
-        room = _optional_str(data, "roomName")
+        room = _one_of(data, "roomName", "room_name")
         if room is not None and not ROOM_NAME.fullmatch(room):
             raise BadRequest("roomName: 1-64 letters, digits, '-', '_' or '.', not starting with a symbol")
         if room is not None and self.fixed_room is not None and room != self.fixed_room:
             raise BadRequest(f"this server's agent is in room {self.fixed_room!r} only")
-        name = _optional_str(data, "participantName")
+        if room is not None and self.fixed_room is None and not self.client_room_names:
+            raise BadRequest(
+                "roomName: this server gives every call a fresh room; the operator can allow "
+                "chosen room names with http.client_room_names = true"
+            )
+        name = _one_of(data, "participantName", "participant_name")
         if name is not None:
             name = name.strip()
             if not 0 < len(name) <= MAX_NAME or not name.isprintable():
@@ -97,6 +113,14 @@ class DetailsIssuer:
             wanted = agent.get("agent_name")
             if wanted not in (None, "", self.agent_name):
                 raise BadRequest(f"room_config names agent {wanted!r}; this server runs {self.agent_name!r}")
+
+
+def _one_of(data: dict[str, Any], key: str, alias: str) -> str | None:
+    """`key`, or its TokenSourceRequest spelling `alias`; both at once only if they agree."""
+    value, other = _optional_str(data, key), _optional_str(data, alias)
+    if value is not None and other is not None and value != other:
+        raise BadRequest(f"{key} and {alias} disagree")
+    return value if value is not None else other
 
 
 def _optional_str(data: dict[str, Any], key: str) -> str | None:
