@@ -191,6 +191,7 @@ def vad_end_offset(audio: AudioFrame) -> float | None:
     puts the end of speech. The agent measures its latency from the latter, the client from the
     former: this much of the client-measured latency is a difference of definitions, not network."""
     from voicecore import load_config
+
     stream = _vad().stream(load_config(env={}).vad)
     samples = np.concatenate([audio.samples, np.zeros(16000, np.int16)]).astype(np.float32) / 32768
     ends = [e.sample for i in range(0, len(samples), 320) for e in stream.push(samples[i : i + 320])

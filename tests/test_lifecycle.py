@@ -263,6 +263,7 @@ async def test_load_counts_conversations_and_a_full_or_draining_worker_says_no(c
     lines: list[str] = []
     models = SimpleNamespace(scheduler=Scheduler())  # the count lives with the models' scheduler
     worker = DispatchWorker(models, settings, Credentials("ws://127.0.0.1:9", "k", "s"), notify=lines.append)  # type: ignore[arg-type]
+
     class Person: ...  # stands in for the session of someone in a room
 
     people: dict[str, Person] = {}
