@@ -21,6 +21,7 @@ import numpy as np
 
 from voicecore import AudioFrame, load_for_recognition
 from voicecore.audio.resample import resample
+from voicecore.rtc.caller import speech_bounds
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -69,7 +70,6 @@ LONG_ANSWERS = [
     "Explain how bread is made, from the wheat to the oven.",
 ]
 BARGE_IN = "Stop. Wait a moment, please."
-LOUD = 300  # int16 at 16 kHz: a sample above this is speech, below it silence (about -40 dBFS)
 
 
 @dataclass(frozen=True)
@@ -93,14 +93,6 @@ class PausedQuestion:
     first_end: float  # seconds into `audio`: the last speech sample of the first part
     second_start: float  # ... and the first of the second part
     answers: tuple[str, ...] = ()
-
-
-def speech_bounds(audio: AudioFrame, threshold: int = LOUD) -> tuple[float, float]:
-    """Seconds from the start of `audio` to its first and last sample above `threshold`."""
-    loud = np.flatnonzero(np.abs(audio.samples.astype(np.int32)) > threshold)
-    if len(loud) == 0:
-        raise ValueError("no speech in recording")
-    return loud[0] / audio.sample_rate, loud[-1] / audio.sample_rate
 
 
 def trim(audio: AudioFrame, margin: float = 0.02) -> AudioFrame:

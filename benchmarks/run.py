@@ -39,7 +39,6 @@ except ImportError:
     ) from None
 
 import report  # noqa: E402
-from lkserver import LiveKitServer, find_binary  # noqa: E402
 from recordings import (  # noqa: E402
     LONG_ANSWERS,
     PAUSES_MS,
@@ -61,6 +60,7 @@ from scenarios import (  # noqa: E402
 from systems import DEFAULT_VENV, BaselineSystem, ResourceSampler, System, VoicecoreSystem  # noqa: E402
 
 from voicecore.rtc import Credentials  # noqa: E402
+from voicecore.rtc.devserver import LocalLiveKit, find_livekit_server, new_key_pair  # noqa: E402
 
 ROOT = HERE.parent
 SETUP = HERE / "baseline_livekit_agents" / "setup.sh"
@@ -207,7 +207,7 @@ async def main(args: argparse.Namespace) -> Path:
         raise SystemExit(f"unknown scenario(s) {', '.join(sorted(unknown))}; known: {', '.join(SCENARIOS)}")
     out_dir = args.out or (HERE / "results" / ("quick" if args.quick else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
-    binary = find_binary()
+    binary = find_livekit_server()
     if binary is None:
         raise SystemExit("livekit-server not found: run bin/setup (it builds .local/bin/livekit-server)")
     if "baseline" in systems:
@@ -227,7 +227,8 @@ async def main(args: argparse.Namespace) -> Path:
          "vad_end_offset_ms": _ms(vad_end_offset(r.audio))}
         for r in material[0]
     ]  # fmt: skip
-    server = LiveKitServer(binary, workdir / "livekit")
+    # a key pair of its own: `voicecore serve` refuses the public dev pair outside --dev
+    server = LocalLiveKit(binary, workdir / "livekit", keys=new_key_pair("bench"))
     server.start()
     say(f"livekit-server on {server.creds.ws_url}; logs in {workdir}")
     assert server.proc is not None

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from caller import Caller, Spoken
-from recordings import BARGE_IN, PausedQuestion, Recording, piper, speech_bounds
-from systems import ResourceSampler, System, dispatch
+from recordings import BARGE_IN, PausedQuestion, Recording, piper
+from systems import ResourceSampler, System
 
 from voicecore import AudioFrame
 from voicecore.rtc import Credentials
+from voicecore.rtc.caller import Caller, Spoken, dispatch
 
 JOIN_TIMEOUT = 15.0
 DISPATCH_WAIT = 10.0  # dispatch -> agent in the room and listening, or dispatch again
@@ -58,7 +58,8 @@ async def conversation(bench: Bench, room: str, steps: Steps) -> list[dict[str, 
     A worker may refuse a room (LiveKit Agents marks itself full above 70% CPU by default, and
     LiveKit then drops the dispatch): the room is dispatched again, up to DISPATCH_ATTEMPTS
     times, as a person would reconnect. Attempts and the wait are recorded with each result."""
-    caller = Caller(f"person-{room[-24:]}")
+    # the agent's audio at the 48 kHz it is sent at (no resampling on the way); only when it was loud
+    caller = Caller(f"person-{room[-24:]}", hear_rate=48_000, keep_audio=False)
     asked = time.monotonic()
     try:
         await dispatch(bench.creds, bench.system.agent_name, room)
@@ -86,11 +87,9 @@ async def conversation(bench: Bench, room: str, steps: Steps) -> list[dict[str, 
         await caller.leave()
 
 
-async def ask(
-    caller: Caller, audio: AudioFrame, bounds: tuple[float, float]
-) -> tuple[Spoken, dict[str, Any]]:
+async def ask(caller: Caller, audio: AudioFrame) -> tuple[Spoken, dict[str, Any]]:
     """Say one complete utterance and listen to the whole reply."""
-    spoken = await caller.speak(audio, bounds)
+    spoken = await caller.speak(audio)
     first = await caller.wait_for_audio(
         spoken.speech_start, spoken.speech_end + REPLY_TIMEOUT - time.monotonic()
     )
@@ -145,7 +144,7 @@ async def run_latency(
         nonlocal done
         turns: list[dict[str, Any]] = []
         for i, rec in enumerate(recs):
-            _, turn = await ask(caller, rec.audio, speech_bounds(rec.audio))
+            _, turn = await ask(caller, rec.audio)
             turn.update(
                 scenario=label, turn=i + 1, recording=rec.name, voice=rec.voice, question=rec.text,
                 correct=_correct(turn["reply_text"], rec.answers),
@@ -177,8 +176,7 @@ async def run_turn_taking(
         nonlocal done
         trials = []
         for q in batch:
-            start, end = speech_bounds(q.audio)
-            spoken = await caller.speak(q.audio, (start, end))
+            spoken = await caller.speak(q.audio)
             first_end = spoken.sent + q.first_end
             second_start = spoken.sent + q.second_start
             deadline = spoken.speech_end + REPLY_TIMEOUT
@@ -225,7 +223,6 @@ async def run_turn_taking(
 # -- interruption ---------------------------------------------------------------------------------------
 async def run_interruption(bench: Bench, prompts: list[str]) -> list[dict[str, Any]]:
     barge = piper(BARGE_IN)
-    barge_bounds = speech_bounds(barge)
     asks = [(p, piper(p)) for p in prompts]  # Piper blocks: synthesise before the conversation
     total = len(asks)
     done = 0
@@ -234,7 +231,7 @@ async def run_interruption(bench: Bench, prompts: list[str]) -> list[dict[str, A
         nonlocal done
         trials = []
         for prompt, audio in asks:
-            spoken = await caller.speak(audio, speech_bounds(audio))
+            spoken = await caller.speak(audio)
             first = await caller.wait_for_audio(
                 spoken.speech_start, spoken.speech_end + REPLY_TIMEOUT - time.monotonic()
             )
@@ -250,7 +247,7 @@ async def run_interruption(bench: Bench, prompts: list[str]) -> list[dict[str, A
                 last = caller.last_loud() or 0.0
                 since = time.monotonic()
                 if since - last < 0.3:  # still talking: talk over it
-                    over = await caller.speak(barge, barge_bounds)
+                    over = await caller.speak(barge)
                     stop = _audio_stop(caller, over.speech_start)
                     trial.update(
                         barge_start=over.speech_start, audio_stop=stop,
@@ -313,7 +310,7 @@ async def run_concurrency(
             async def steps(caller: Caller) -> list[dict[str, Any]]:
                 out = []
                 for t, rec in enumerate(mine):
-                    _, turn = await ask(caller, rec.audio, speech_bounds(rec.audio))
+                    _, turn = await ask(caller, rec.audio)
                     turn.update(scenario="concurrency", level=level, turn=t + 1, recording=rec.name,
                                 correct=_correct(turn["reply_text"], rec.answers))  # fmt: skip
                     out.append(turn)

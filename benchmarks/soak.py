@@ -5,7 +5,7 @@ nothing leaks, stalls or breaks with time. One command:
 
 The real thing, as a user runs it: the benchmark's own livekit-server on loopback, `python -m
 voicecore serve` as a dispatch worker (bundled models, a turn log), and one client participant
-(the `livekit` SDK, `caller.py`) per conversation. Each conversation is a lane of back-to-back
+(the `livekit` SDK, `voicecore.rtc.caller`) per conversation. Each conversation is a lane of back-to-back
 calls: a person joins a freshly dispatched room, asks `--turns-per-room` questions from the
 benchmark's recordings (several voices), waits for each answer and pauses 2-6 s as people do,
 then hangs up and the next person calls. Joining and leaving rooms is where leaks hide, so the
@@ -52,12 +52,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import report  # noqa: E402
-from caller import Caller  # noqa: E402
-from lkserver import LiveKitServer, find_binary  # noqa: E402
-from recordings import Recording, recordings, speech_bounds  # noqa: E402
+from recordings import Recording, recordings  # noqa: E402
 from run import Progress, machine  # noqa: E402
 from scenarios import REPLY_TIMEOUT, Bench, _correct, ask, conversation  # noqa: E402
 from systems import VoicecoreSystem, process_tree  # noqa: E402
+
+from voicecore.rtc.caller import Caller  # noqa: E402
+from voicecore.rtc.devserver import LocalLiveKit, find_livekit_server, new_key_pair  # noqa: E402
 
 ROOT = HERE.parent
 WARMUP_MINUTES = 5.0  # memory settles (allocator arenas, caches) before growth is judged
@@ -269,7 +270,7 @@ async def lane(
                 rec = recs[asked % len(recs)]
                 asked += 1
                 try:
-                    _, turn = await ask(caller, rec.audio, speech_bounds(rec.audio))
+                    _, turn = await ask(caller, rec.audio)
                 except Exception as e:  # the client broke: record it and hang up
                     soak.client_errors.append(_client_error(soak, index, room, e))
                     break
@@ -562,7 +563,7 @@ def livekit_version(binary: str) -> str:
 async def main(args: argparse.Namespace) -> bool:
     say = Progress()
     stopper = Stopper(say)
-    binary = find_binary()
+    binary = find_livekit_server()
     if binary is None:
         raise SystemExit("livekit-server not found: run bin/setup (it builds .local/bin/livekit-server)")
     out_dir: Path = args.out or HERE / "results"
@@ -583,7 +584,8 @@ async def main(args: argparse.Namespace) -> bool:
     say("making the recordings (Piper, Piper slow, espeak-ng, flite) ...")
     recs = recordings()
     load_before = os.getloadavg()
-    server = LiveKitServer(binary, workdir / "livekit")
+    # a key pair of its own: `voicecore serve` refuses the public dev pair outside --dev
+    server = LocalLiveKit(binary, workdir / "livekit", keys=new_key_pair("bench"))
     server.start()
     assert server.proc is not None
     system = VoicecoreSystem(server.creds, workdir / "voicecore", agent_settings(args.conversations))

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from livekit import api
 
 from voicecore.rtc import Credentials
 
@@ -241,16 +240,6 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue  # a line being written
     return out
-
-
-async def dispatch(creds: Credentials, agent_name: str, room: str) -> None:
-    """Ask LiveKit to send `agent_name` to `room` (creating the room)."""
-    lkapi = api.LiveKitAPI(creds.http_url, creds.api_key, creds.api_secret)
-    try:
-        request = api.CreateAgentDispatchRequest(agent_name=agent_name, room=room)
-        await asyncio.wait_for(lkapi.agent_dispatch.create_dispatch(request), 10)
-    finally:
-        await lkapi.aclose()
 
 
 @dataclass

@@ -15,15 +15,13 @@ import gc
 import logging
 import threading
 import time
-from collections import deque
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pytest
 from helpers import transcribe, words
 from livekit import api, rtc
-from livekit_fixtures import FRAME, RATE, Caller, LiveKitServer, livekit_binary, poll
+from livekit_fixtures import Caller, LiveKitServer, livekit_binary, poll
 
 from voicecore import AudioFrame, Config, Models
 from voicecore.metrics import TurnRecord
@@ -301,52 +299,6 @@ async def test_two_people_joining_at_the_same_instant_are_both_answered(
     await back_to(baseline)
 
 
-class SecondMic:
-    """Another microphone track of a caller's: white noise (or silence), or speech when given."""
-
-    def __init__(self, caller: Caller) -> None:
-        self.caller = caller
-        self.source = rtc.AudioSource(RATE, 1, queue_size_ms=40)
-        self.sid = ""
-        self.noise = True
-        self._speech: deque[np.ndarray] = deque()
-        self._task: asyncio.Task[None] | None = None
-
-    async def publish(self) -> None:
-        track = rtc.LocalAudioTrack.create_audio_track("mic-2", self.source)
-        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        self.sid = (await self.caller.room.local_participant.publish_track(track, options)).sid
-        self._task = asyncio.create_task(self._run())
-        self.caller._tasks.append(self._task)  # stopped with the caller
-
-    async def speak(self, samples: np.ndarray) -> float:
-        """Say `samples` (16 kHz) instead of the noise; returns when they were all sent."""
-        self.noise = False
-        self._speech.append(samples)
-        await poll(lambda: not self._speech, 30)
-        return time.monotonic()
-
-    async def _run(self) -> None:
-        rng = np.random.default_rng(0)
-        next_frame = time.monotonic()
-        current = np.zeros(0, np.int16)
-        while True:
-            if not len(current) and self._speech:
-                current = self._speech[0]
-            if len(current):
-                frame, current = current[:FRAME], current[FRAME:]
-                frame = np.concatenate([frame, np.zeros(FRAME - len(frame), np.int16)])
-                if not len(current):
-                    self._speech.popleft()
-            elif self.noise:
-                frame = rng.normal(0, 2000, FRAME).clip(-32768, 32767).astype(np.int16)
-            else:
-                frame = np.zeros(FRAME, np.int16)
-            await self.source.capture_frame(rtc.AudioFrame(frame.tobytes(), RATE, 1, FRAME))
-            next_frame = max(next_frame + 0.02, time.monotonic() - 0.02)
-            await asyncio.sleep(max(0.0, next_frame - time.monotonic()))
-
-
 async def test_a_person_with_two_microphones_is_heard_through_one(
     livekit_server: LiveKitServer, agent_in, warm: Models, say, callers, caplog
 ):
@@ -357,8 +309,7 @@ async def test_a_person_with_two_microphones_is_heard_through_one(
     cleo = callers("cleo")
     await asyncio.wait_for(cleo.join(creds, "two-mics"), 15)
     await poll(lambda: hears(agent, cleo), 10)  # (two published at once reach the agent in any order)
-    noisy = SecondMic(cleo)
-    await noisy.publish()  # a second microphone, hissing
+    noisy = await cleo.add_microphone("mic-2", hiss=2000)  # a second microphone, hissing
     await poll(lambda: tracks_heard_from(agent, "cleo") == 2, 10)
     assert hears(agent, cleo)  # the first microphone; the second is ignored
     assert "second voice track" in caplog.text
@@ -371,7 +322,8 @@ async def test_a_person_with_two_microphones_is_heard_through_one(
     await poll(lambda: hears(agent, cleo, noisy.sid), 10)
     session = agent.conversations["cleo"].session
     turns = len(session.records)
-    await noisy.speak(say("What is the capital of Japan?").samples)
+    noisy.hiss = 0  # it speaks, and is quiet after
+    await noisy.speak(say("What is the capital of Japan?"))
     await poll(lambda: len(session.records) > turns and not session.busy, 40)
     assert "tokyo" in words(session.records[-1].agent_text), session.records[-1]
 

@@ -19,14 +19,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
 import pytest
-from livekit import rtc
 from livekit_fixtures import (
-    RATE,
     ROOT,
     Caller,
     LiveKitServer,
@@ -66,26 +63,6 @@ class Seen:
             for match in JWT.findall(data):
                 found.append(f"a JWT in {where}: {match[:20]!r}...")
         return found
-
-
-class TokenCaller(Caller):
-    """A caller who joins with a token from /api/connection-details, as a browser does."""
-
-    async def join_with(self, url: str, token: str) -> None:
-        self.room.on("track_subscribed", self._on_track)
-        self.room.on("participant_attributes_changed", self._on_attributes)
-        from voicecore.rtc.transcription import TOPIC
-
-        self.room.register_text_stream_handler(TOPIC, self._on_text)
-        await self.room.connect(url, token)
-        for participant in self.room.remote_participants.values():
-            if state := participant.attributes.get("lk.agent.state"):
-                self.states.append((time.monotonic(), state))
-        self.source = rtc.AudioSource(RATE, 1, queue_size_ms=40)
-        track = rtc.LocalAudioTrack.create_audio_track("mic", self.source)
-        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        self.mic_sid = (await self.room.local_participant.publish_track(track, options)).sid
-        self._tasks.append(asyncio.create_task(self._microphone()))
 
 
 async def fetch(seen: Seen, method: str, url: str, **kwargs: object) -> tuple[int, bytes]:
@@ -157,7 +134,7 @@ async def test_no_secret_or_token_appears_anywhere(
     details = json.loads(body)
 
     # a conversation with the issued token
-    caller = TokenCaller("browser")
+    caller = Caller("browser")  # with a token from /api/connection-details, as a browser
     try:
         await asyncio.wait_for(caller.join_with(details["serverUrl"], details["participantToken"]), 15)
         await poll(lambda: listening(caller), 30)

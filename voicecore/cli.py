@@ -320,7 +320,7 @@ def serve(
         if dev:
             _quiet_dev_key_warnings()
         if dev and not (cfg.livekit.url or os.environ.get("LIVEKIT_URL")):
-            local = LocalLiveKit()
+            local = LocalLiveKit(usual_ports=True)
             creds = local.start()
             _say(f"started livekit-server --dev on {creds.ws_url} (keys {DEV_API_KEY}/{DEV_API_SECRET})")
         elif dev:
@@ -341,7 +341,7 @@ def serve(
         raise typer.Exit(130) from None
     finally:
         if local is not None:
-            local.stop()
+            local.close()
 
 
 @app.command()

@@ -7,7 +7,8 @@ room.py           AgentRoom: one Conversation (Session) per person, lk.agent.sta
 worker.py         DispatchWorker: the /agent websocket protocol, jobs, load, reconnects
 serve.py          a fixed room or dispatch, until stopped (voicecore/service.py adds HTTP)
 observer.py       Observer: what happens in the rooms, for telemetry and readiness
-devserver.py      `serve --dev`: a local livekit-server as a child process
+devserver.py      a local livekit-server as a child process (`serve --dev`, tests, benchmarks)
+caller.py         a simulated person: joins, speaks in real time, notes what it hears
 """
 
 from voicecore.rtc.observer import Observer, Observers
