@@ -250,7 +250,7 @@ async def test_leaving_mid_reply_rejoining_and_taking_over_leave_nothing_behind(
     assert agent.voice.speaking is not None
     await asyncio.wait_for(alice.leave(), 10)
     await poll(lambda: "alice" not in agent.conversations and agent.voice.speaking is None, 5)
-    reply = conversation.session._reply_task
+    reply = conversation.session._reply
     await poll(lambda: (reply is None or reply.done()) and agent.state.value == "listening", 5)
     assert agent.voice.source.queued_duration == 0
 
@@ -302,7 +302,7 @@ async def test_two_people_joining_at_the_same_instant_are_both_answered(
 async def test_a_person_with_two_microphones_is_heard_through_one(
     livekit_server: LiveKitServer, agent_in, warm: Models, say, callers, caplog
 ):
-    caplog.set_level(logging.INFO, logger="voicecore.rtc.room")
+    caplog.set_level(logging.INFO, logger="voicecore.rtc")  # the room and its conversations
     creds = livekit_server.creds
     agent = await agent_in("two-mics")
     baseline = tasks_and_threads()

@@ -152,8 +152,8 @@ class Reply:
                 return ""
             raise
 
-    @property
     def done(self) -> bool:
+        """Its work has stopped (played, cancelled or interrupted)."""
         return self._task.done()
 
     async def wait_closed(self) -> None:

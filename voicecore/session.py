@@ -262,7 +262,7 @@ class Session:
     def busy(self) -> bool:
         """True while a turn is in progress (user speaking, agent thinking or speaking)."""
         return self._machine.state is not TurnState.LISTENING or (
-            self._reply is not None and not self._reply.done
+            self._reply is not None and not self._reply.done()
         )
 
     async def wait_for_idle(self) -> None:
