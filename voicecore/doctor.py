@@ -35,7 +35,7 @@ def report(config: Config) -> dict[str, Any]:
         "tts": config.tts.voice,
     }
     bundled = {
-        "vad": "voicecore.turn.vad:bundled_model_path",
+        "vad": "voicecore.turn.silero:bundled_model_path",
         "stt": "voicecore.models:bundled_whisper",
         "llm": "voicecore.models:bundled_gguf",
         "tts": "voicecore.models:bundled_piper_voice",
