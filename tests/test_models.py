@@ -168,7 +168,7 @@ async def test_stt_abandoned_midway_skips_the_slow_full_window_decode(models, sa
         return text
 
     monkeypatch.setattr(
-        stt, "_full_window", lambda audio: (full_windows.append(len(audio)), full_window(audio))[1]
+        stt, "_full_window", lambda audio, *a: (full_windows.append(len(audio)), full_window(audio, *a))[1]
     )
     monkeypatch.setattr(stt, "_short_context", quick_then_wait)
     hiss = np.random.default_rng(1).normal(0, 0.001, 16000 * 2).astype(np.float32)  # no words: not trusted

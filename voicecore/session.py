@@ -203,7 +203,8 @@ class Session:
             self._early = None
 
     def _transcribe(self) -> asyncio.Future[Transcript]:
-        return asyncio.ensure_future(self.models.stt.transcribe(self._utterance_audio(), final=True))
+        audio = self._utterance_audio()
+        return asyncio.ensure_future(self.models.stt.transcribe(audio, final=True, owner=self))
 
     def _maybe_interim(self) -> None:
         """Another interim_interval of speech: its words so far (one at a time; a slow model
@@ -219,7 +220,7 @@ class Session:
 
     async def _interim(self, audio: np.ndarray) -> None:
         try:
-            transcript = await self.models.stt.transcribe(audio, final=False)
+            transcript = await self.models.stt.transcribe(audio, final=False, owner=self)
         except Exception:
             log.exception("interim transcription failed")
             return
