@@ -53,8 +53,10 @@ class Session:
         hooks: SessionHooks | None = None,
         clock: Callable[[], float] = time.monotonic,
         room: str = "",
+        label: str = "conversation",
     ) -> None:
-        """`room`: where the conversation takes place, for the process's count of conversations."""
+        """`room`: where the conversation takes place, for the process's count of conversations.
+        `label`: who this is, in log lines ("room R, alice")."""
         self.models = models
         self.config = config
         self.sink = sink
@@ -63,7 +65,7 @@ class Session:
         self.history = ChatHistory(config.llm.system_prompt)
         self.records: list[TurnRecord] = []
         self.state = AgentState.INITIALIZING
-        self._ctx = ReplyContext(models, config, sink, self.hooks, clock)
+        self._ctx = ReplyContext(models, config, sink, self.hooks, clock, label)
         self._conversations = models.scheduler.conversations
         self._resampler = StreamResampler(RECOGNITION_RATE)
         self._vad = models.vad.stream(config.vad)

@@ -73,7 +73,8 @@ class Conversation(SessionHooks):
         )
         self._reply: list[str] = []
         self.lane = room.voice.lane(self.identity)
-        self.session = Session(room.models, room.config, self.lane, hooks=self, room=room.name)
+        label = f"room {room.name}, {self.identity}"
+        self.session = Session(room.models, room.config, self.lane, hooks=self, room=room.name, label=label)
         self._pump: asyncio.Task[None] | None = None
         self._greet: asyncio.Task[None] | None = None
         self._closed = False
