@@ -25,7 +25,7 @@ from livekit_fixtures import Caller, LiveKitServer, livekit_binary, poll
 
 from voicecore import AudioFrame, Config, Models
 from voicecore.metrics import TurnRecord
-from voicecore.rtc import AgentRoom, Observer, agent_token, serve_room
+from voicecore.rtc import AgentRoom, Observer, agent_token, serve_room, user_token
 
 pytestmark = [
     pytest.mark.slow,
@@ -53,9 +53,10 @@ async def agent_in(livekit_server: LiveKitServer, warm: Models, room_config: Con
     agents: list[AgentRoom] = []
 
     async def join(room: str) -> AgentRoom:
-        token = agent_token(livekit_server.creds, room, "voicecore-agent")
+        creds = livekit_server.creds
+        token = agent_token(creds, room, "voicecore-agent")
         agents.append(
-            await asyncio.wait_for(AgentRoom.join(warm, room_config, livekit_server.creds.ws_url, token), 15)
+            await asyncio.wait_for(AgentRoom.join(warm, room_config, creds.ws_url, token, creds=creds), 15)
         )
         return agents[-1]
 
@@ -86,7 +87,7 @@ def hears(agent: AgentRoom, caller: Caller, track_sid: str | None = None) -> boo
 def tracks_heard_from(agent: AgentRoom, identity: str) -> int:
     """How many voice tracks of this person's the agent knows (one of them is listened to)."""
     conversation = agent.conversations.get(identity)
-    return len(conversation._tracks) if conversation is not None else 0
+    return len(conversation.tracks) if conversation is not None else 0
 
 
 async def ask(agent: AgentRoom, caller: Caller, question: AudioFrame, heard: str | None = None) -> TurnRecord:
@@ -312,7 +313,7 @@ async def test_a_person_with_two_microphones_is_heard_through_one(
     noisy = await cleo.add_microphone("mic-2", hiss=2000)  # a second microphone, hissing
     await poll(lambda: tracks_heard_from(agent, "cleo") == 2, 10)
     assert hears(agent, cleo)  # the first microphone; the second is ignored
-    assert "second voice track" in caplog.text
+    await poll(lambda: "second voice track" in caplog.text, 5)  # once the server said which came first
 
     record = await ask(agent, cleo, say("What is the capital of France?"), heard="france")
     assert "paris" in words(record.agent_text), record
@@ -330,3 +331,106 @@ async def test_a_person_with_two_microphones_is_heard_through_one(
     await asyncio.wait_for(cleo.leave(), 10)
     await poll(lambda: not agent.conversations, 5)
     await back_to(baseline)
+
+
+RATE, FRAME = 16_000, 320  # 20 ms frames
+
+
+class Microphones:
+    """A person who publishes microphones one after another, each sending silence in real time."""
+
+    def __init__(self, server: LiveKitServer, room: str, identity: str) -> None:
+        self.server, self.room_name, self.identity = server, room, identity
+        self.room = rtc.Room()
+        self.sids: list[str] = []
+        self._sources: list[rtc.AudioSource] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def join(self) -> None:
+        creds = self.server.creds
+        await self.room.connect(creds.ws_url, user_token(creds, self.room_name, self.identity))
+
+    async def publish(self, name: str) -> None:
+        source = rtc.AudioSource(RATE, 1, queue_size_ms=40)
+        track = rtc.LocalAudioTrack.create_audio_track(name, source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        self.sids.append((await self.room.local_participant.publish_track(track, options)).sid)
+        self._sources.append(source)
+        self._tasks.append(asyncio.create_task(self._silence(source)))
+
+    async def listed(self) -> bool:
+        """The server lists every track published so far."""
+        lkapi = self.server.api()
+        try:
+            info = await lkapi.room.get_participant(
+                api.RoomParticipantIdentity(room=self.room_name, identity=self.identity)
+            )
+        finally:
+            await lkapi.aclose()
+        return {t.sid for t in info.tracks} >= set(self.sids)
+
+    @staticmethod
+    async def _silence(source: rtc.AudioSource) -> None:
+        silence = rtc.AudioFrame(bytes(FRAME * 2), RATE, 1, FRAME)
+        while True:
+            await source.capture_frame(silence)
+            await asyncio.sleep(0.02)
+
+    async def leave(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.room.disconnect()
+        for source in self._sources:
+            await source.aclose()
+
+
+async def poll_async(condition, within: float, step: float = 0.05) -> None:
+    """`poll` for an async condition."""
+    deadline = time.monotonic() + within
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(step)
+
+
+ORDERS = [("mic-a", "mic-b"), ("mic-b", "mic-a")]  # each name first in turn: not chosen by name
+RUNS = 4  # per order, with the agent in the room; the old choice was wrong in 2 of 6 such runs
+
+
+async def test_the_first_microphone_published_is_heard_every_time(
+    livekit_server: LiveKitServer, agent_in, warm: Models, caplog
+):
+    """A person publishes two microphones one after the other: the agent hears the first, every
+    time, and says once that it ignores the other. With the agent in the room (the issue's case)
+    their subscriptions complete in any order; an agent that comes after finds both in a snapshot
+    the server lists in any order."""
+    caplog.set_level(logging.INFO, logger="voicecore.rtc")
+    runs = [(names, True) for _ in range(RUNS) for names in ORDERS] + [(names, False) for names in ORDERS]
+    chosen: list[tuple[str, bool, bool]] = []
+    for run, (names, agent_first) in enumerate(runs):
+        room = f"first-mic-{run}"
+        person = Microphones(livekit_server, room, "dana")
+        agent: AgentRoom | None = None
+        try:
+            if agent_first:
+                agent = await agent_in(room)
+            await asyncio.wait_for(person.join(), 15)
+            for name in names:
+                await person.publish(name)
+            first, second = person.sids
+            if agent is None:
+                await poll_async(person.listed, 10)
+                agent = await agent_in(room)
+            await poll(lambda agent=agent: tracks_heard_from(agent, "dana") == 2, 10)
+            ignored = f"a second voice track ({second}) is ignored"
+            with contextlib.suppress(TimeoutError):  # the log line comes once the choice is made
+                await poll(lambda ignored=ignored: ignored in caplog.text, 5)
+            chosen.append((names[0], agent_first, agent.conversations["dana"].track_sid == first))
+            assert caplog.text.count(ignored) == 1, caplog.text  # said once
+            assert f"voice track ({first}) is ignored" not in caplog.text
+        finally:
+            if agent is not None:
+                await agent.aclose()
+            await person.leave()
+    assert all(right for _, _, right in chosen), chosen

@@ -37,9 +37,11 @@ from livekit import rtc
 from voicecore.config import Config
 from voicecore.metrics import TurnLog
 from voicecore.pipeline import Models
-from voicecore.rtc.conversation import Conversation, RoomContext, is_voice
+from voicecore.rtc.conversation import Conversation, RoomContext
 from voicecore.rtc.observer import Observer
 from voicecore.rtc.tasks import Backoff, server_answers
+from voicecore.rtc.token import Credentials
+from voicecore.rtc.tracks import is_voice
 from voicecore.rtc.transcription import Outbox
 from voicecore.rtc.voice import AgentVoice
 from voicecore.turn.state import AgentState
@@ -83,7 +85,9 @@ class AgentRoom:
         leave_when_empty: bool = False,
         observer: Observer | None = None,
         rejoin: bool = False,
+        creds: Credentials | None = None,
     ) -> None:
+        self.creds = creds  # to ask the server what the SDK does not say (tracks.py)
         self.models = models
         self.config = config
         self.leave_when_empty = leave_when_empty
@@ -124,9 +128,13 @@ class AgentRoom:
         leave_when_empty: bool = False,
         observer: Observer | None = None,
         rejoin: bool = False,
+        creds: Credentials | None = None,
     ) -> AgentRoom:
-        """Join the room at `url` with `token`. `rejoin`: see `rejoin_wanted` (module docstring)."""
-        agent = cls(models, config, leave_when_empty=leave_when_empty, observer=observer, rejoin=rejoin)
+        """Join the room at `url` with `token`. `rejoin`: see `rejoin_wanted` (module docstring).
+        `creds`: the server's API key pair, to tell which of someone's microphones came first."""
+        agent = cls(
+            models, config, leave_when_empty=leave_when_empty, observer=observer, rejoin=rejoin, creds=creds
+        )
         try:
             await agent._connect(url, token)
         except BaseException:
@@ -263,7 +271,7 @@ class AgentRoom:
         return RoomContext(
             name=self.name, models=self.models, config=self.config, local=self.room.local_participant,
             voice=self.voice, outbox=self.outbox, observer=self.observer, turn_log=self.turn_log,
-            spawn=self.spawn, update_state=self.update_state, present=self._present,
+            spawn=self.spawn, update_state=self.update_state, present=self._present, creds=self.creds,
         )  # fmt: skip
 
     def _present(self, participant_sid: str) -> bool:

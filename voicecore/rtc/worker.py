@@ -382,8 +382,9 @@ class DispatchWorker:
         agent: AgentRoom | None = None
         try:
             agent = await AgentRoom.join(
-                self.models, self.config, url, token, leave_when_empty=True, observer=self.observer
-            )
+                self.models, self.config, url, token, leave_when_empty=True, observer=self.observer,
+                creds=self.creds,
+            )  # fmt: skip
             job.agent = agent
             await self._send_job_status(job, proto.JobStatus.JS_RUNNING)
             self.notify(f"joined room {job.room}")
