@@ -64,6 +64,7 @@ class TurnMachine:
         self._barge_start: int | None = None
         self._user_speaking = False
         self._speech_onset = 0  # where the VAD's current (or last) speech began
+        self._cut = False  # the turn being answered is a monologue cut at max_utterance
         self._saying = False  # the agent took the floor on its own (no user utterance to answer)
         self._sound_stopped: int | None = None  # where the sound stopped, while in speech
         self.early_transcript: int | None = None  # where the early transcript started, if one is on
@@ -105,6 +106,7 @@ class TurnMachine:
                 # words rather than in one; what follows the cut opens the next utterance.
                 cut = self._quietest(now - CUT_SEARCH) if self._quietest is not None else now
                 self.speech_end = self._speech_onset = min(cut, now)
+                self._cut = True
                 return self._commit(now, speculate_first=True, audio_end=self.speech_end)
             return self._maybe_transcribe_early(now)
         if self.state is TurnState.USER_PAUSED:
@@ -115,6 +117,8 @@ class TurnMachine:
             if silence >= endpoint_delay(self.transcript, cfg):
                 decisions += self._commit(now, speculate_first=not self._speculating)
             return decisions
+        if self._cut and self.state is TurnState.AGENT_THINKING:
+            return []  # the person talks on past the cut: heard next, not merged into the cut turn
         if self._barge_start is not None and self._user_speaking:
             if (now - self._barge_start) / RECOGNITION_RATE >= cfg.min_interruption:
                 return self._barge_in(now)
@@ -141,6 +145,7 @@ class TurnMachine:
         if self.state in (TurnState.AGENT_THINKING, TurnState.AGENT_SPEAKING):
             self.state = TurnState.LISTENING
             self._saying = False
+            self._cut = False
             self._barge_start = None
             if self._user_speaking:  # the user already talks over the tail of the reply
                 self._start_utterance(self._speech_onset)
@@ -208,7 +213,14 @@ class TurnMachine:
         self.early_transcript = None
         return [Decision(Action.DROP_EARLY, sample)]
 
+    @property
+    def carried_onset(self) -> int | None:
+        """While the agent has the turn: where the speech the person is still making began (it
+        opens their next utterance), if they are speaking."""
+        return self._speech_onset if self._user_speaking else None
+
     def _start_utterance(self, sample: int) -> None:
+        self._cut = False
         self.state = TurnState.USER_SPEAKING
         self.utterance_start = sample
         self.transcript = None
