@@ -18,6 +18,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import transcribe, words
 from livekit import api, rtc
