@@ -462,18 +462,20 @@ async def test_a_monologue_in_one_room_does_not_hold_up_a_question_in_another(
     await poll(lambda: hears(talking, talker) and hears(asking, asker), 10)
     question = say("What is the capital of France?")
     talker.say(back_to_back(question, 40.0))
-    await poll(lambda: talker._sent, 5)
-    cut = talker._sent[0] + room_config.turn.max_utterance
+    await poll(lambda: talker.microphone._sent, 5)
+    cut = talker.microphone._sent[0] + room_config.turn.max_utterance
     await asyncio.sleep(cut + 1.0 - time.monotonic())  # the case: asked 29 s in
 
-    record = await ask(asking, asker, question)
-    assert "failed" not in record.extra, caplog.text[-3000:]
+    # Asked again if misheard ("It's..." once, on a loaded machine), as a person would; but no
+    # turn of theirs may have failed.
+    record = await ask(asking, asker, question, heard="france")
     if not record.agent_text:
         # Seen once in 6 runs: SmolLM2 answered nothing at all (no token, no error) while the
         # other room's reply had just been written: not this issue's; asked again, as a person would.
         print(f"\nan empty answer: {record}")
-        record = await ask(asking, asker, question)
-        assert "failed" not in record.extra, caplog.text[-3000:]
+        record = await ask(asking, asker, question, heard="france")
+    asked = asking.conversations["asker"].session.records
+    assert not [r for r in asked if "failed" in r.extra], caplog.text[-3000:]
     assert "paris" in words(record.agent_text), record
 
     monologue = talking.conversations["talker"].session
