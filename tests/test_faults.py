@@ -245,3 +245,22 @@ async def test_waiting_behind_other_conversations_is_not_a_hang(models, config, 
     assert storyteller.errors == [] and asker.errors == []
     assert turn.llm_first_token - turn.stt_final > 2 * config.turn.stage_timeout  # it did wait that long
     assert "Paris" in turn.agent_text
+
+
+async def test_a_failed_stage_is_logged_with_whose_turn_it_was(models, config, say, caplog):
+    """With many rooms, "turn 1: stt failed" alone points nowhere: the line names the
+    conversation (a room's say which room and which person)."""
+    stt = Faulty(models.stt, "transcribe")
+    stt.mode = "raise"
+    sink = RealtimeSink(config.audio.output_sample_rate)
+    session = Session(replace(models, stt=stt), config, sink, Errors(), label="room lobby, alice")
+    try:
+        await feed(
+            session,
+            join(0.3, say("What is the capital of France?")),
+            until=lambda: bool(session.records) and not session.busy,
+            max_seconds=25,
+        )
+    finally:
+        await session.aclose()
+    assert "room lobby, alice: turn 1: stt failed: RuntimeError('injected fault')" in caplog.text

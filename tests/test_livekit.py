@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from helpers import transcribe, words
-from livekit import rtc
+from livekit import api, rtc
 from livekit_fixtures import ROOT, Caller, LiveKitServer, agents_in, dispatch, listening, poll, reply_done
 
 from voicecore import Config, ConfigError, Models, load_config
@@ -294,9 +294,57 @@ async def test_two_rooms_at_once_through_dispatch(
         # the name itself: "Tokido")
         assert words(question)[-1] in words(heard), (room, heard)
 
-    # the job ends when everyone has left
+    # the job ends when everyone has left (at once: the wait for a comeback is tested below)
+    worker.config.livekit.rejoin_wait = 0.0
     await people[f"{base}-a"].leave()
     await poll(lambda: len(worker.jobs) == 1, 10)
+
+
+async def test_a_person_who_comes_back_within_the_departure_timeout_is_answered_again(
+    livekit_server: LiveKitServer, worker: DispatchWorker, warm: Models, say, callers, request
+):
+    """A dropped connection is the common case: the person leaves and rejoins the same room under
+    the same identity 5 s later. LiveKit keeps the room for its departure timeout and dispatches
+    no agent to a room that exists, so the agent must still be there; once the person is gone for
+    good, the room closes and the job ends."""
+    room = _room_name(request)
+    creds = livekit_server.creds
+    assert worker.config.livekit.rejoin_wait is None  # the default: as long as LiveKit keeps the room
+    departure = 10  # seconds; LiveKit's default is 20: shorter, so that the test ends sooner
+    grants = api.VideoGrants(room_join=True, room=room, can_publish=True, can_subscribe=True)
+    config = api.RoomConfiguration(
+        departure_timeout=departure, agents=[api.RoomAgentDispatch(agent_name=worker.agent_name)]
+    )
+    token = (
+        api.AccessToken(creds.api_key, creds.api_secret)
+        .with_identity("fay")
+        .with_grants(grants)
+        .with_room_config(config)
+        .to_jwt()
+    )  # what the talk page's token does: joining creates the room and dispatches the agent
+    france = say("What is the capital of France?")
+
+    async def answered(caller: Caller) -> None:
+        await poll(partial(listening, caller), 15)
+        await asyncio.sleep(0.5)
+        await caller.speak(france)
+        await reply_done(caller, finals=1)
+        assert "paris" in words(caller.agent_finals()[-1].text), caller.agent_finals()
+
+    fay = callers("fay")
+    await asyncio.wait_for(fay.join_with(creds.ws_url, token), 15)
+    await answered(fay)
+    await fay.leave()
+    await asyncio.sleep(5.0)
+    again = callers("fay")
+    await asyncio.wait_for(again.join_with(creds.ws_url, token), 15)
+    await answered(again)  # the same agent, still in the room
+    assert len(worker.jobs) == 1
+
+    left = time.monotonic()
+    await again.leave()
+    await poll(lambda: not worker.jobs, departure + 20)  # the room closed (LiveKit checks every few s)
+    print(f"\njob ended {time.monotonic() - left:.1f} s after the person left for good")
 
 
 def native_threads() -> int:
@@ -312,6 +360,7 @@ async def test_a_worker_keeps_no_thread_for_the_rooms_it_has_left(
     round to the room's reference cycles, which it does rarely in a big server process. So the
     collector is kept out of it here."""
     base = _room_name(request)
+    worker.config.livekit.rejoin_wait = 0.0  # leave at once: rooms come and go quickly here
 
     async def call(n: int) -> None:
         room = f"{base}-{n}"
@@ -348,6 +397,7 @@ async def test_a_room_the_worker_has_left_is_freed_at_once(
     soak's C heap in use grew 41 MiB and then fell by 27 MiB at once. The worker collects as each
     room closes; the collector's own schedule is kept out of it here."""
     room = _room_name(request)
+    worker.config.livekit.rejoin_wait = 0.0  # leave as soon as the person has
     gc.disable()
     try:
         await dispatch(livekit_server, worker.agent_name, room)

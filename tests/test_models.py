@@ -19,6 +19,7 @@ from voicecore import AudioFrame, Message, Models, memory
 from voicecore.llm.weights import fast_cpu_copy
 from voicecore.models import bundled_gguf
 from voicecore.scheduling import BACKGROUND, FirstAudioGate
+from voicecore.turn.machine import Action, TurnMachine
 from voicecore.turn.vad import VadStream
 
 
@@ -105,6 +106,42 @@ def test_the_end_of_speech_is_placed_where_the_sound_stopped(models, config, say
     assert min(later) >= 0.03, later  # Silero's own estimate would have added this much silence
 
 
+def test_an_endless_monologue_is_cut_at_a_pause_not_mid_word(models, config, say):
+    """Speech that never stops long enough to end the turn is cut at `turn.max_utterance`, for
+    Whisper's 30 s window: where the speaker came closest to a pause in the last 2 s, not at the
+    sample the limit fell on (a word cut in two is misheard, and its halves lost)."""
+    sentences = [say(text) for text in ("What is the capital of France?", "Tell me about the weather.")]
+    parts: list[AudioFrame | float] = [0.5]
+    while sum(p.duration if isinstance(p, AudioFrame) else p for p in parts) < 32:
+        for sentence in sentences:
+            loud = np.flatnonzero(np.abs(sentence.samples) > 300)
+            parts += [AudioFrame(sentence.samples[loud[0] : loud[-1] + 1], 16000), 0.03]
+    audio = join(*parts)
+    vad = models.vad.stream(config.vad)
+    machine = TurnMachine(config.turn, quietest=vad.quietest)
+    samples, decisions = audio.to_float(), []
+    for start in range(0, len(samples), 320):
+        events = vad.push(samples[start : start + 320])
+        assert "end" not in [e.kind for e in events]  # (a monologue: the VAD never hears it end)
+        for event in events:
+            decisions += machine.on_vad(event)
+        decisions += machine.on_time(vad.samples_seen)
+        if any(d.action is Action.COMMIT for d in decisions):
+            break
+    speculate = [d for d in decisions if d.action is Action.SPECULATE][-1]  # (earlier: at "pause"s)
+    commit = next(d for d in decisions if d.action is Action.COMMIT)
+    assert commit.sample - machine.utterance_start >= config.turn.max_utterance * 16000
+    cut = speculate.audio_end
+    assert cut is not None and commit.sample - 2 * 16000 <= cut < commit.sample
+    loud = np.sqrt(np.mean(samples[: commit.sample] ** 2))
+
+    def level(at: int) -> float:  # RMS of the 16 ms around `at`, against the speech's
+        return float(np.sqrt(np.mean(samples[at - 128 : at + 128] ** 2)) / loud)
+
+    assert level(commit.sample) > 0.1  # (the limit itself fell inside a word here)
+    assert level(cut) < 0.1, (level(cut), level(commit.sample))  # 20 dB under the speech: a pause
+
+
 def test_vad_finds_nothing_in_silence_or_steady_noise(models, config):
     rng = np.random.default_rng(0)
     silence = AudioFrame.silence(10.0, 16000)
@@ -168,7 +205,7 @@ async def test_stt_abandoned_midway_skips_the_slow_full_window_decode(models, sa
         return text
 
     monkeypatch.setattr(
-        stt, "_full_window", lambda audio: (full_windows.append(len(audio)), full_window(audio))[1]
+        stt, "_full_window", lambda audio, *a: (full_windows.append(len(audio)), full_window(audio, *a))[1]
     )
     monkeypatch.setattr(stt, "_short_context", quick_then_wait)
     hiss = np.random.default_rng(1).normal(0, 0.001, 16000 * 2).astype(np.float32)  # no words: not trusted

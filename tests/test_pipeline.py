@@ -136,10 +136,10 @@ async def test_a_gap_inside_a_question_never_gets_half_of_it_answered(models, co
     early_started: list[int] = []
     real_transcribe = models.stt.transcribe
 
-    async def transcribe(audio: np.ndarray, *, final: bool):
+    async def transcribe(audio: np.ndarray, *, final: bool, owner=None):
         if final and session._machine.state is TurnState.USER_SPEAKING:  # before Silero's pause
             early_started.append(len(audio))
-        return await real_transcribe(audio, final=final)
+        return await real_transcribe(audio, final=final, owner=owner)
 
     models.stt.transcribe = transcribe  # observe the calls; the real model answers them
     try:

@@ -18,6 +18,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import transcribe, words
 from livekit import api, rtc
@@ -25,7 +26,7 @@ from livekit_fixtures import Caller, LiveKitServer, livekit_binary, poll
 
 from voicecore import AudioFrame, Config, Models
 from voicecore.metrics import TurnRecord
-from voicecore.rtc import AgentRoom, Observer, agent_token, serve_room
+from voicecore.rtc import AgentRoom, Observer, agent_token, serve_room, user_token
 
 pytestmark = [
     pytest.mark.slow,
@@ -53,9 +54,10 @@ async def agent_in(livekit_server: LiveKitServer, warm: Models, room_config: Con
     agents: list[AgentRoom] = []
 
     async def join(room: str) -> AgentRoom:
-        token = agent_token(livekit_server.creds, room, "voicecore-agent")
+        creds = livekit_server.creds
+        token = agent_token(creds, room, "voicecore-agent")
         agents.append(
-            await asyncio.wait_for(AgentRoom.join(warm, room_config, livekit_server.creds.ws_url, token), 15)
+            await asyncio.wait_for(AgentRoom.join(warm, room_config, creds.ws_url, token, creds=creds), 15)
         )
         return agents[-1]
 
@@ -86,7 +88,7 @@ def hears(agent: AgentRoom, caller: Caller, track_sid: str | None = None) -> boo
 def tracks_heard_from(agent: AgentRoom, identity: str) -> int:
     """How many voice tracks of this person's the agent knows (one of them is listened to)."""
     conversation = agent.conversations.get(identity)
-    return len(conversation._tracks) if conversation is not None else 0
+    return len(conversation.tracks) if conversation is not None else 0
 
 
 async def ask(agent: AgentRoom, caller: Caller, question: AudioFrame, heard: str | None = None) -> TurnRecord:
@@ -312,7 +314,7 @@ async def test_a_person_with_two_microphones_is_heard_through_one(
     noisy = await cleo.add_microphone("mic-2", hiss=2000)  # a second microphone, hissing
     await poll(lambda: tracks_heard_from(agent, "cleo") == 2, 10)
     assert hears(agent, cleo)  # the first microphone; the second is ignored
-    assert "second voice track" in caplog.text
+    await poll(lambda: "second voice track" in caplog.text, 5)  # once the server said which came first
 
     record = await ask(agent, cleo, say("What is the capital of France?"), heard="france")
     assert "paris" in words(record.agent_text), record
@@ -330,3 +332,156 @@ async def test_a_person_with_two_microphones_is_heard_through_one(
     await asyncio.wait_for(cleo.leave(), 10)
     await poll(lambda: not agent.conversations, 5)
     await back_to(baseline)
+
+
+RATE, FRAME = 16_000, 320  # 20 ms frames
+
+
+class Microphones:
+    """A person who publishes microphones one after another, each sending silence in real time."""
+
+    def __init__(self, server: LiveKitServer, room: str, identity: str) -> None:
+        self.server, self.room_name, self.identity = server, room, identity
+        self.room = rtc.Room()
+        self.sids: list[str] = []
+        self._sources: list[rtc.AudioSource] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def join(self) -> None:
+        creds = self.server.creds
+        await self.room.connect(creds.ws_url, user_token(creds, self.room_name, self.identity))
+
+    async def publish(self, name: str) -> None:
+        source = rtc.AudioSource(RATE, 1, queue_size_ms=40)
+        track = rtc.LocalAudioTrack.create_audio_track(name, source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        self.sids.append((await self.room.local_participant.publish_track(track, options)).sid)
+        self._sources.append(source)
+        self._tasks.append(asyncio.create_task(self._silence(source)))
+
+    async def listed(self) -> bool:
+        """The server lists every track published so far."""
+        lkapi = self.server.api()
+        try:
+            info = await lkapi.room.get_participant(
+                api.RoomParticipantIdentity(room=self.room_name, identity=self.identity)
+            )
+        finally:
+            await lkapi.aclose()
+        return {t.sid for t in info.tracks} >= set(self.sids)
+
+    @staticmethod
+    async def _silence(source: rtc.AudioSource) -> None:
+        silence = rtc.AudioFrame(bytes(FRAME * 2), RATE, 1, FRAME)
+        while True:
+            await source.capture_frame(silence)
+            await asyncio.sleep(0.02)
+
+    async def leave(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.room.disconnect()
+        for source in self._sources:
+            await source.aclose()
+
+
+async def poll_async(condition, within: float, step: float = 0.05) -> None:
+    """`poll` for an async condition."""
+    deadline = time.monotonic() + within
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(step)
+
+
+ORDERS = [("mic-a", "mic-b"), ("mic-b", "mic-a")]  # each name first in turn: not chosen by name
+RUNS = 4  # per order, with the agent in the room; the old choice was wrong in 2 of 6 such runs
+
+
+async def test_the_first_microphone_published_is_heard_every_time(
+    livekit_server: LiveKitServer, agent_in, warm: Models, caplog
+):
+    """A person publishes two microphones one after the other: the agent hears the first, every
+    time, and says once that it ignores the other. With the agent in the room (the issue's case)
+    their subscriptions complete in any order; an agent that comes after finds both in a snapshot
+    the server lists in any order."""
+    caplog.set_level(logging.INFO, logger="voicecore.rtc")
+    runs = [(names, True) for _ in range(RUNS) for names in ORDERS] + [(names, False) for names in ORDERS]
+    chosen: list[tuple[str, bool, bool]] = []
+    for run, (names, agent_first) in enumerate(runs):
+        room = f"first-mic-{run}"
+        person = Microphones(livekit_server, room, "dana")
+        agent: AgentRoom | None = None
+        try:
+            if agent_first:
+                agent = await agent_in(room)
+            await asyncio.wait_for(person.join(), 15)
+            for name in names:
+                await person.publish(name)
+            first, second = person.sids
+            if agent is None:
+                await poll_async(person.listed, 10)
+                agent = await agent_in(room)
+            await poll(lambda agent=agent: tracks_heard_from(agent, "dana") == 2, 10)
+            ignored = f"a second voice track ({second}) is ignored"
+            with contextlib.suppress(TimeoutError):  # the log line comes once the choice is made
+                await poll(lambda ignored=ignored: ignored in caplog.text, 5)
+            chosen.append((names[0], agent_first, agent.conversations["dana"].track_sid == first))
+            assert caplog.text.count(ignored) == 1, caplog.text  # said once
+            assert f"voice track ({first}) is ignored" not in caplog.text
+        finally:
+            if agent is not None:
+                await agent.aclose()
+            await person.leave()
+    assert all(right for _, _, right in chosen), chosen
+
+
+def back_to_back(sentence: AudioFrame, seconds: float) -> AudioFrame:
+    """`sentence` said over and over for `seconds`, with no pause between (its own leading and
+    trailing silence cut off): a monologue the VAD never hears end."""
+    loud = np.flatnonzero(np.abs(sentence.samples) > 300)
+    once = sentence.samples[loud[0] : loud[-1] + 1]
+    times = int(seconds * RATE / len(once)) + 1
+    return AudioFrame(np.tile(once, times), RATE)
+
+
+async def test_a_monologue_in_one_room_does_not_hold_up_a_question_in_another(
+    livekit_server: LiveKitServer, agent_in, warm: Models, room_config: Config, say, callers, caplog
+):
+    """One person talks for 40 s without a pause; a second, in another room, asks a question
+    just after the first one's speech was cut at `turn.max_utterance` (28 s) and sent to Whisper.
+    Repeated speech compresses well, which made faster-whisper decode the cut monologue again at
+    five higher temperatures (~19 s on the shared worker): the second person got the apology.
+    Now each decode is bounded, and both are answered."""
+    caplog.set_level(logging.INFO, logger="voicecore")
+    creds = livekit_server.creds
+    talking, asking = await agent_in("monologue"), await agent_in("question")
+    talker, asker = callers("talker"), callers("asker")
+    await asyncio.wait_for(asyncio.gather(talker.join(creds, "monologue"), asker.join(creds, "question")), 15)
+    await poll(lambda: hears(talking, talker) and hears(asking, asker), 10)
+    question = say("What is the capital of France?")
+    talker.say(back_to_back(question, 40.0))
+    await poll(lambda: talker.microphone._sent, 5)
+    cut = talker.microphone._sent[0] + room_config.turn.max_utterance
+    await asyncio.sleep(cut + 1.0 - time.monotonic())  # the issue's case: asked 29 s in
+
+    # Asked again if misheard ("It's..." once, on a loaded machine), as a person would; but no
+    # turn of theirs may have failed.
+    record = await ask(asking, asker, question, heard="france")
+    if not record.agent_text:
+        # Seen once in 6 runs: SmolLM2 answered nothing at all (no token, no error) while the
+        # other room's reply had just been written: not this issue's; asked again, as a person would.
+        print(f"\nan empty answer: {record}")
+        record = await ask(asking, asker, question, heard="france")
+    asked = asking.conversations["asker"].session.records
+    assert not [r for r in asked if "failed" in r.extra], caplog.text[-3000:]
+    assert "paris" in words(record.agent_text), record
+
+    monologue = talking.conversations["talker"].session
+    await poll(lambda: monologue.records, 30)
+    first = monologue.records[0]  # the cut monologue was answered too, not timed out
+    assert "failed" not in first.extra, caplog.text[-3000:]
+    assert first.speech_end < cut + 0.5, first  # (it was the monologue, cut)
+    assert {"capital", "france"} <= set(words(first.user_text)), first
+    assert "timed out" not in caplog.text

@@ -120,6 +120,10 @@ class LiveKitConfig:
     # the agent leaves its rooms anyway.
     drain_timeout: float = 10.0
     greeting: str = ""  # said to each person who joins; empty = the agent waits to be spoken to
+    # A dispatched agent stays this many seconds in a room everyone has left, in case they come
+    # back (a dropped connection, a reloaded page). None = as long as LiveKit keeps the room: it
+    # closes it `departure_timeout` (20 s by default) after the last person left.
+    rejoin_wait: float | None = None
     # Each turn's latency record, as JSON on text stream topic `voicecore.metrics`, to the person
     # answered (the talk page shows it; docs/web.md).
     turn_metrics: bool = True

@@ -54,6 +54,7 @@ class ReplyContext:
     sink: AudioSink
     hooks: SessionHooks
     clock: Callable[[], float]
+    label: str = "conversation"  # whose replies, in log lines ("room R, alice")
 
 
 @dataclass
@@ -182,7 +183,7 @@ class Reply:
             self._settle(" ".join(s.text for s in self._spoken), interrupted=False)
         except Exception:
             # A stage failed: end the turn cleanly, the conversation goes on.
-            log.exception("turn %d failed", turn.turn)
+            log.exception("%s: turn %d failed", ctx.label, turn.turn)
             await self._committed.wait()
             self._settle(" ".join(s.text for s in self._spoken), interrupted=False)
         finally:
@@ -271,7 +272,7 @@ class Reply:
 
     def _failed(self, stage: str, error: BaseException) -> None:
         kind = "timed out" if isinstance(error, TimeoutError) else f"failed: {error!r}"
-        log.error("turn %d: %s %s", self.turn.turn, stage, kind)
+        log.error("%s: turn %d: %s %s", self._ctx.label, self.turn.turn, stage, kind)
         self.turn.extra.setdefault("failed", []).append(stage)
         self._ctx.hooks.on_error(stage, error)
 

@@ -7,22 +7,22 @@
 
 Models are shared by every session. Work on the critical path of a turn (an LLM reply, TTS) goes
 ahead of background work (letting go of an ended conversation's LLM context); interim transcripts
-have a Whisper worker of their own, beside the one for final transcripts. The model code releases
-the GIL, so the event loop keeps running while a worker computes.
+have a Whisper worker of their own, beside the one for final transcripts. Within one priority the
+conversations (a job's `owner`) take turns, so one that queues job after job (a monologue) delays
+another's by one job at most. The model code releases the GIL, so the event loop keeps running
+while a worker computes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import logging
 import threading
 import time
 import weakref
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections import Counter, OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -137,12 +137,16 @@ class Scheduler:
         return any(other.busy for other in list(self._workers) if other is not worker)
 
 
+_Job = tuple[Callable[[], Any], asyncio.Future[Any] | None]
+
+
 class PriorityWorker:
     def __init__(self, name: str, max_pending: int = 256) -> None:
         self.name = name
         self._max_pending = max_pending
-        self._heap: list[tuple[int, int, Callable[[], Any], asyncio.Future[Any] | None]] = []
-        self._order = itertools.count()
+        # priority -> owner -> that owner's jobs, oldest first; the first owner's turn is next
+        self._queues: dict[int, OrderedDict[Hashable, deque[_Job]]] = {}
+        self._pending = 0
         self._ready = threading.Condition()
         self._closed = False
         self.last_progress = time.monotonic()  # a job ended, or told of a step (a token)
@@ -150,26 +154,41 @@ class PriorityWorker:
         self._thread = threading.Thread(target=self._run, name=f"voicecore-{name}", daemon=True)
         self._thread.start()
 
-    async def run(self, fn: Callable[[], T], priority: int = CRITICAL) -> T:
-        """Run `fn` on the worker thread. Cancelling the await drops the job if not yet started."""
+    async def run(self, fn: Callable[[], T], priority: int = CRITICAL, owner: Hashable = None) -> T:
+        """Run `fn` on the worker thread. Cancelling the await drops the job if not yet started.
+        `owner` (a conversation): owners take turns among the jobs of one priority."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._ready:
             if self._closed:
                 raise RuntimeError(f"{self.name} worker is closed")
-            if len(self._heap) >= self._max_pending:
+            if self._pending >= self._max_pending:
                 raise RuntimeError(f"{self.name} worker is overloaded ({self._max_pending} queued)")
-            heapq.heappush(self._heap, (priority, next(self._order), fn, future))
-            self._ready.notify()
+            self._queue(priority, owner, (fn, future))
         return await future
 
-    def post(self, fn: Callable[[], object], priority: int = BACKGROUND) -> None:
+    def post(self, fn: Callable[[], object], priority: int = BACKGROUND, owner: Hashable = None) -> None:
         """Run `fn` on the worker thread in its turn; nobody waits for it (an error is logged)."""
         with self._ready:
-            if self._closed or len(self._heap) >= self._max_pending:
+            if self._closed or self._pending >= self._max_pending:
                 return  # housekeeping: skipping it loses nothing that matters
-            heapq.heappush(self._heap, (priority, next(self._order), fn, None))
-            self._ready.notify()
+            self._queue(priority, owner, (fn, None))
+
+    def _queue(self, priority: int, owner: Hashable, job: _Job) -> None:
+        self._queues.setdefault(priority, OrderedDict()).setdefault(owner, deque()).append(job)
+        self._pending += 1
+        self._ready.notify()
+
+    def _next(self) -> _Job:
+        """The next job (the lock held, one pending): the most urgent priority's next owner's."""
+        priority = min(p for p, owners in self._queues.items() if owners)
+        owners = self._queues[priority]
+        owner, jobs = owners.popitem(last=False)
+        job = jobs.popleft()
+        if jobs:
+            owners[owner] = jobs  # back of the line
+        self._pending -= 1
+        return job
 
     def progressed(self) -> None:
         """From inside a long job (a reply, token by token): the model is not stuck."""
@@ -181,9 +200,10 @@ class PriorityWorker:
         only then may the model it uses be freed."""
         with self._ready:
             self._closed = True
-            dropped, self._heap = self._heap, []
+            dropped = [job for owners in self._queues.values() for jobs in owners.values() for job in jobs]
+            self._queues, self._pending = {}, 0
             self._ready.notify()
-        for _, _, _, future in dropped:
+        for _, future in dropped:
             if future is not None:
                 _resolve(future, None, RuntimeError(f"{self.name} worker is closed"))
         if threading.current_thread() is not self._thread:
@@ -193,11 +213,11 @@ class PriorityWorker:
     def _run(self) -> None:
         while True:
             with self._ready:
-                while not self._heap and not self._closed:
+                while not self._pending and not self._closed:
                     self._ready.wait()
-                if self._closed and not self._heap:
+                if self._closed and not self._pending:
                     return
-                _, _, fn, future = heapq.heappop(self._heap)
+                fn, future = self._next()
             if future is not None and future.cancelled():
                 continue
             self.busy = True

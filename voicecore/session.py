@@ -53,8 +53,10 @@ class Session:
         hooks: SessionHooks | None = None,
         clock: Callable[[], float] = time.monotonic,
         room: str = "",
+        label: str = "conversation",
     ) -> None:
-        """`room`: where the conversation takes place, for the process's count of conversations."""
+        """`room`: where the conversation takes place, for the process's count of conversations.
+        `label`: who this is, in log lines ("room R, alice")."""
         self.models = models
         self.config = config
         self.sink = sink
@@ -63,11 +65,11 @@ class Session:
         self.history = ChatHistory(config.llm.system_prompt)
         self.records: list[TurnRecord] = []
         self.state = AgentState.INITIALIZING
-        self._ctx = ReplyContext(models, config, sink, self.hooks, clock)
+        self._ctx = ReplyContext(models, config, sink, self.hooks, clock, label)
         self._conversations = models.scheduler.conversations
         self._resampler = StreamResampler(RECOGNITION_RATE)
         self._vad = models.vad.stream(config.vad)
-        self._machine = TurnMachine(config.turn)
+        self._machine = TurnMachine(config.turn, quietest=self._vad.quietest)
         self._audio = RecentAudio()  # 16 kHz: the utterance, or the last KEEP_BEFORE_ONSET seconds
         self._prefix = int(config.vad.prefix_padding_ms * RECOGNITION_RATE / 1000)
         self._reply: Reply | None = None
@@ -102,7 +104,7 @@ class Session:
         action = decision.action
         log.debug("turn decision %s at sample %d", action.value, decision.sample)
         if action is Action.SPECULATE:
-            self._start_reply(self._time_of(decision.sample, now))
+            self._start_reply(self._time_of(decision.sample, now), decision.audio_end)
         elif action is Action.CANCEL_SPECULATION or action is Action.REOPEN:
             self._drop_reply()
         elif action is Action.COMMIT:
@@ -119,13 +121,16 @@ class Session:
             self._drop_early()
 
     # -- replies ----------------------------------------------------------------------------------
-    def _start_reply(self, speech_end: float) -> None:
+    def _start_reply(self, speech_end: float, audio_end: int | None = None) -> None:
         self._drop_reply()
         self._turns += 1
         turn = TurnRecord(turn=self._turns, speech_end=speech_end)
         transcript, self._early = self._early, None
+        if transcript is not None and audio_end is not None:  # a cut monologue: up to the cut
+            transcript.cancel()
+            transcript = None
         if transcript is None:
-            transcript = self._transcribe()
+            transcript = self._transcribe(audio_end)
         else:
             turn.extra["early_transcript"] = True
         reply = Reply.answer(
@@ -202,8 +207,9 @@ class Session:
             self._early.cancel()
             self._early = None
 
-    def _transcribe(self) -> asyncio.Future[Transcript]:
-        return asyncio.ensure_future(self.models.stt.transcribe(self._utterance_audio(), final=True))
+    def _transcribe(self, end: int | None = None) -> asyncio.Future[Transcript]:
+        audio = self._utterance_audio(end)
+        return asyncio.ensure_future(self.models.stt.transcribe(audio, final=True, owner=self))
 
     def _maybe_interim(self) -> None:
         """Another interim_interval of speech: its words so far (one at a time; a slow model
@@ -219,7 +225,7 @@ class Session:
 
     async def _interim(self, audio: np.ndarray) -> None:
         try:
-            transcript = await self.models.stt.transcribe(audio, final=False)
+            transcript = await self.models.stt.transcribe(audio, final=False, owner=self)
         except Exception:
             log.exception("interim transcription failed")
             return
@@ -236,14 +242,20 @@ class Session:
             self.models.llm.read_ahead([*self.history.messages(), Message("user", words)])
 
     # -- buffers, time and state ----------------------------------------------------------------
-    def _utterance_audio(self) -> np.ndarray:
-        return self._audio.since(self._machine.utterance_start - self._prefix)
+    def _utterance_audio(self, end: int | None = None) -> np.ndarray:
+        """The current utterance's audio, all heard so far or up to stream sample `end`."""
+        return self._audio.since(self._machine.utterance_start - self._prefix, end)
 
     def _trim_buffer(self) -> None:
         if self._machine.state in (TurnState.USER_SPEAKING, TurnState.USER_PAUSED):
             self._audio.keep_from(self._machine.utterance_start - self._prefix)
         else:
-            self._audio.keep_from(self._vad.samples_seen - int(KEEP_BEFORE_ONSET * RECOGNITION_RATE))
+            keep_from = self._vad.samples_seen - int(KEEP_BEFORE_ONSET * RECOGNITION_RATE)
+            carried = self._machine.carried_onset  # talking on past a cut monologue: their next turn
+            if carried is not None:
+                longest = int(self.config.turn.max_utterance * RECOGNITION_RATE)
+                keep_from = min(keep_from, max(carried - self._prefix, self._vad.samples_seen - longest))
+            self._audio.keep_from(keep_from)
 
     def _time_of(self, sample: int, now: float) -> float:
         """Clock time of a stream sample: `now` is when the latest sample arrived."""

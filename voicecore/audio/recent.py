@@ -15,9 +15,12 @@ class RecentAudio:
     def append(self, samples: np.ndarray) -> None:
         self._samples = np.concatenate([self._samples, samples])
 
-    def since(self, sample: int) -> np.ndarray:
-        """A copy of the audio from `sample` on (from the oldest kept, if that is later)."""
-        return self._samples[max(sample - self._start, 0) :].copy()
+    def since(self, sample: int, until: int | None = None) -> np.ndarray:
+        """A copy of the audio from `sample` on (from the oldest kept, if that is later), up to
+        `until` (all there is if None)."""
+        start = max(sample - self._start, 0)
+        stop = None if until is None else max(until - self._start, start)
+        return self._samples[start:stop].copy()
 
     def keep_from(self, sample: int) -> None:
         drop = sample - self._start

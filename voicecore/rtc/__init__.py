@@ -4,6 +4,7 @@ token.py          where the server is; agent, person and worker JWTs
 voice.py          rtc <-> voicecore frames; the agent's one voice shared by a room's conversations
 transcription.py  lk.transcription text streams and the bounded, ordered sends queue
 room.py           AgentRoom: one Conversation (Session) per person, lk.agent.state
+tracks.py         a person's voice tracks: the first microphone published is heard
 worker.py         DispatchWorker: the /agent websocket protocol, jobs, load, reconnects
 serve.py          a fixed room or dispatch, until stopped (voicecore/service.py adds HTTP)
 observer.py       Observer: what happens in the rooms, for telemetry and readiness

@@ -5,8 +5,9 @@
     SessionHooks          -> lk.transcription text streams, the room's lk.agent.state, metrics
 
 A Conversation sees its room only through a `RoomContext`. A person with two microphones is
-heard through one: the first microphone track (an unlabelled audio track when they have none);
-another is ignored with one log line and takes over if the first goes away.
+heard through one: the first microphone they published, as the server says (`tracks.py`; an
+unlabelled audio track when they have none); another is ignored with one log line and takes over
+if the first goes away.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from voicecore.config import Config
 from voicecore.metrics import TurnLog, TurnRecord
 from voicecore.pipeline import Models
 from voicecore.rtc.observer import Observer
+from voicecore.rtc.token import Credentials
+from voicecore.rtc.tracks import VoiceTracks, publication_stamps
 from voicecore.rtc.transcription import Outbox, TranscriptStream, post_turn_metrics
 from voicecore.rtc.voice import AgentVoice, from_rtc
 from voicecore.session import Session, SessionHooks
@@ -34,8 +37,7 @@ log = logging.getLogger(__name__)
 
 AUDIO_BACKLOG = 50  # 20 ms frames a stalled loop may owe one person before the oldest drop
 GREETING_WAIT = 5.0  # seconds to wait for the person to subscribe to the agent before greeting
-# Audio a person speaks into, best first. Screen-share audio is not them talking.
-VOICE_SOURCES = (rtc.TrackSource.SOURCE_MICROPHONE, rtc.TrackSource.SOURCE_UNKNOWN)
+ORDER_TIMEOUT = 5.0  # asking the server which of someone's microphones came first
 
 
 @dataclass
@@ -53,6 +55,7 @@ class RoomContext:
     spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]]
     update_state: Callable[[], None]  # a conversation's state changed
     present: Callable[[str], bool]  # a participant session (sid) is still in the room
+    creds: Credentials | None = None  # the server's API key: which microphone came first (tracks.py)
 
 
 class Conversation(SessionHooks):
@@ -63,7 +66,9 @@ class Conversation(SessionHooks):
         self.identity = participant.identity
         self.participant_sid = participant.sid
         self.track_sid = ""  # the track listened to
-        self._tracks: dict[str, tuple[rtc.Track, rtc.TrackSource.ValueType]] = {}  # all, by sid
+        self.tracks = VoiceTracks()  # all their voice tracks
+        self._asking = 0  # questions to the server about their tracks' order, under way
+        self._ignored: set[str] = set()  # tracks logged as ignored
         self._deaf = False
         self.state = AgentState.INITIALIZING
         local = room.local
@@ -73,7 +78,8 @@ class Conversation(SessionHooks):
         )
         self._reply: list[str] = []
         self.lane = room.voice.lane(self.identity)
-        self.session = Session(room.models, room.config, self.lane, hooks=self, room=room.name)
+        label = f"room {room.name}, {self.identity}"
+        self.session = Session(room.models, room.config, self.lane, hooks=self, room=room.name, label=label)
         self._pump: asyncio.Task[None] | None = None
         self._greet: asyncio.Task[None] | None = None
         self._closed = False
@@ -125,28 +131,54 @@ class Conversation(SessionHooks):
 
     # -- audio in ---------------------------------------------------------------------------------
     def add_track(self, track: rtc.Track, publication: rtc.TrackPublication) -> None:
-        """A voice track of this person's: listened to if it is the best one they have."""
-        self._tracks[publication.sid] = (track, publication.source)
-        best = self._best_track()
-        if best != self.track_sid and not self._deaf:
+        """A voice track of this person's: listened to if it is the first they published."""
+        if publication.sid in self.tracks:
+            return  # in the join snapshot and then subscribed: once is enough
+        self.tracks.add(track, publication)
+        if len(self.tracks) > 1 and self.room.creds is not None:
+            self._asking += 1
+            self.room.spawn(self._ask_order(self.room.creds), f"tracks-{self.identity}")
+        self._choose()
+
+    async def _ask_order(self, creds: Credentials) -> None:
+        """Which track came first, as the server stamped them (tracks.py); then choose again."""
+        try:
+            async with asyncio.timeout(ORDER_TIMEOUT):
+                stamps = await publication_stamps(creds, self.room.name, self.identity)
+            self.tracks.published(stamps)
+        except Exception as e:
+            log.warning("room %s, %s: the server did not say which microphone came first (%r); "
+                        "listening to the first one heard of", self.room.name, self.identity, e)  # fmt: skip
+        finally:
+            self._asking -= 1
+        self._choose()
+
+    def _choose(self) -> None:
+        """Listen to the best track; once the server has answered, say which ones are ignored."""
+        if self._deaf or self._closed or not len(self.tracks):
+            return
+        best = self.tracks.best()
+        if best != self.track_sid:
             if self.track_sid:
                 log.info("room %s, %s: listening to track %s instead of %s",
                          self.room.name, self.identity, best, self.track_sid)  # fmt: skip
             self._listen_to(best)
-        elif best != publication.sid:
-            log.info(
-                "room %s, %s: a second voice track (%s) is ignored; listening to %s",
-                self.room.name, self.identity, publication.sid, self.track_sid,
-            )  # fmt: skip
+        if self._asking:
+            return
+        for sid in self.tracks.sids():
+            if sid != best and sid not in self._ignored:
+                self._ignored.add(sid)
+                log.info("room %s, %s: a second voice track (%s) is ignored; listening to %s",
+                         self.room.name, self.identity, sid, best)  # fmt: skip
 
     def remove_track(self, track_sid: str) -> None:
         """A track went away; if it was the one listened to, the next best takes over."""
-        if self._tracks.pop(track_sid, None) is None or track_sid != self.track_sid:
+        if not self.tracks.remove(track_sid) or track_sid != self.track_sid:
             return
         self._stop_pump()
         self.track_sid = ""
-        if self._tracks and not self._deaf:
-            best = self._best_track()
+        if len(self.tracks) and not self._deaf:
+            best = self.tracks.best()
             log.info("room %s, %s: track %s gone, listening to %s",
                      self.room.name, self.identity, track_sid, best)  # fmt: skip
             self._listen_to(best)
@@ -157,15 +189,10 @@ class Conversation(SessionHooks):
             self._deaf = True
             self._stop_pump()
 
-    def _best_track(self) -> str:
-        """A microphone before an unlabelled track; among equals, the first that arrived."""
-        sids = list(self._tracks)
-        return min(sids, key=lambda sid: (VOICE_SOURCES.index(self._tracks[sid][1]), sids.index(sid)))
-
     def _listen_to(self, track_sid: str) -> None:
         self._stop_pump()
         self.track_sid = track_sid
-        track = self._tracks[track_sid][0]
+        track = self.tracks.track(track_sid)
         self._pump = self.room.spawn(self._listen(track), f"listen-{self.identity}")
 
     def _stop_pump(self) -> None:
@@ -208,7 +235,3 @@ class Conversation(SessionHooks):
                     await task
         await self.session.aclose()
         self.room.observer.on_conversation_ended(self.room.name, self.identity)
-
-
-def is_voice(publication: rtc.TrackPublication) -> bool:
-    return publication.kind == rtc.TrackKind.KIND_AUDIO and publication.source in VOICE_SOURCES

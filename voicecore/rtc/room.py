@@ -12,7 +12,9 @@ conversation: speaking > thinking > listening.
 
 People come and go: a Conversation belongs to one participant session (its sid), not just to an
 identity, so a person who rejoins as themselves (a reloaded page) gets a fresh Conversation even
-when LiveKit reports the new arrival before the old one's departure.
+when LiveKit reports the new arrival before the old one's departure. A dispatched agent
+(`leave_when_empty`) stays in a room everyone has left for as long as LiveKit keeps it (its
+`departure_timeout`), or `livekit.rejoin_wait`: a dropped person who comes back is answered.
 
 The server restarted: the SDK retries on a schedule that stretches to seconds between attempts,
 and a restarted server has forgotten the room, so the SDK can only rejoin, not resume. A room
@@ -35,9 +37,11 @@ from livekit import rtc
 from voicecore.config import Config
 from voicecore.metrics import TurnLog
 from voicecore.pipeline import Models
-from voicecore.rtc.conversation import Conversation, RoomContext, is_voice
+from voicecore.rtc.conversation import Conversation, RoomContext
 from voicecore.rtc.observer import Observer
 from voicecore.rtc.tasks import Backoff, server_answers
+from voicecore.rtc.token import Credentials
+from voicecore.rtc.tracks import is_voice
 from voicecore.rtc.transcription import Outbox
 from voicecore.rtc.voice import AgentVoice
 from voicecore.turn.state import AgentState
@@ -53,6 +57,10 @@ PROBE_MAX = 1.0
 SDK_GRACE = 5.0
 REJOIN_MAX = 2.0  # the longest wait between two failed joins of a fixed room
 LEAVE_TIMEOUT = 5.0  # room.disconnect() on a dead connection must not hold up a rejoin
+DEPARTURE_TIMEOUT = 20.0  # livekit-server's default room departure_timeout, if the room says none
+# Past the room's departure timeout the server closes it (and so disconnects the agent); the agent
+# leaves on its own this much later, in case the server does not (someone not a person stays).
+DEPARTURE_MARGIN = 5.0
 STATE_ORDER = [AgentState.INITIALIZING, AgentState.IDLE, AgentState.LISTENING,
                AgentState.THINKING, AgentState.SPEAKING]  # fmt: skip
 
@@ -77,7 +85,9 @@ class AgentRoom:
         leave_when_empty: bool = False,
         observer: Observer | None = None,
         rejoin: bool = False,
+        creds: Credentials | None = None,
     ) -> None:
+        self.creds = creds  # to ask the server what the SDK does not say (tracks.py)
         self.models = models
         self.config = config
         self.leave_when_empty = leave_when_empty
@@ -95,6 +105,7 @@ class AgentRoom:
         self.state: AgentState | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._left = asyncio.Event()
+        self._empty: asyncio.TimerHandle | None = None  # everyone left: leave when it fires
         self._closing = False
         self.disconnect_reason: int | None = None  # rtc.DisconnectReason, once the server let go
         self.room.on("participant_connected", self._on_participant_connected)
@@ -117,9 +128,13 @@ class AgentRoom:
         leave_when_empty: bool = False,
         observer: Observer | None = None,
         rejoin: bool = False,
+        creds: Credentials | None = None,
     ) -> AgentRoom:
-        """Join the room at `url` with `token`. `rejoin`: see `rejoin_wanted` (module docstring)."""
-        agent = cls(models, config, leave_when_empty=leave_when_empty, observer=observer, rejoin=rejoin)
+        """Join the room at `url` with `token`. `rejoin`: see `rejoin_wanted` (module docstring).
+        `creds`: the server's API key pair, to tell which of someone's microphones came first."""
+        agent = cls(
+            models, config, leave_when_empty=leave_when_empty, observer=observer, rejoin=rejoin, creds=creds
+        )
         try:
             await agent._connect(url, token)
         except BaseException:
@@ -153,6 +168,10 @@ class AgentRoom:
     # -- room events (synchronous callbacks on the loop) ----------------------------------------
     def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
         if is_person(participant):
+            if self._empty is not None:
+                log.info("room %s: %s came back", self.name, participant.identity)
+                self._empty.cancel()
+                self._empty = None
             self._add(participant)
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
@@ -166,9 +185,16 @@ class AgentRoom:
             p for p in self.room.remote_participants.values()
             if is_person(p) and p.sid != participant.sid
         ]  # fmt: skip
-        if self.leave_when_empty and is_person(participant) and not people:
-            log.info("room %s: everyone left", self.name)
-            self._left.set()
+        if self.leave_when_empty and is_person(participant) and not people and self._empty is None:
+            wait = self.config.livekit.rejoin_wait
+            if wait is None:  # until the server closes the room
+                wait = (self.room.departure_timeout or DEPARTURE_TIMEOUT) + DEPARTURE_MARGIN
+            log.info("room %s: everyone left; leaving in %g s unless someone comes back", self.name, wait)
+            self._empty = asyncio.get_running_loop().call_later(wait, self._everyone_gone)
+
+    def _everyone_gone(self) -> None:
+        log.info("room %s: everyone left", self.name)
+        self._left.set()
 
     def _on_track_subscribed(
         self,
@@ -245,7 +271,7 @@ class AgentRoom:
         return RoomContext(
             name=self.name, models=self.models, config=self.config, local=self.room.local_participant,
             voice=self.voice, outbox=self.outbox, observer=self.observer, turn_log=self.turn_log,
-            spawn=self.spawn, update_state=self.update_state, present=self._present,
+            spawn=self.spawn, update_state=self.update_state, present=self._present, creds=self.creds,
         )  # fmt: skip
 
     def _present(self, participant_sid: str) -> bool:
@@ -322,6 +348,8 @@ class AgentRoom:
         if self._closing:
             return
         self._closing = True
+        if self._empty is not None:
+            self._empty.cancel()
         conversations = list(self.conversations.values())
         self.conversations.clear()
         await asyncio.gather(*(c.aclose() for c in conversations), return_exceptions=True)

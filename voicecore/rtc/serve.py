@@ -53,7 +53,9 @@ async def serve_room(
     while not stop.is_set():
         token = agent_token(creds, room, identity, config.livekit.agent_name)
         try:
-            agent = await AgentRoom.join(models, config, creds.ws_url, token, observer=observer, rejoin=True)
+            agent = await AgentRoom.join(
+                models, config, creds.ws_url, token, observer=observer, rejoin=True, creds=creds
+            )
         except Exception as e:
             delay = retry.next()
             notify(f"could not join room {room} on {creds.ws_url} ({e}); retrying in {delay:.1f} s")

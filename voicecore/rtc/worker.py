@@ -27,6 +27,10 @@ other workers (or waits) instead of being accepted and served late. Someone who 
 agent already serves is answered even above capacity (a silent agent is worse than a slow one);
 one warning line says so.
 
+Everyone left a room: the agent stays while LiveKit keeps the room (its `departure_timeout`, or
+`livekit.rejoin_wait`), because LiveKit dispatches an agent when a room is created, not when a
+person joins one that exists; the job ends when the server closes the room.
+
 Shutdown drains: the worker reports WS_FULL and refuses every new job at once, lets the turns in
 progress finish for up to `drain_timeout` seconds (`AgentRoom.drain`), then leaves every room
 (each job reported JS_SUCCESS) and closes the connection.
@@ -297,7 +301,7 @@ class DispatchWorker:
     def load(self) -> int:
         """Conversations going on or expected: a room's people; at least one in a room no one has
         spoken in yet (someone is about to join a room just dispatched); one per promised room. A
-        room everyone has left counts nothing: the agent is on its way out."""
+        room everyone has left counts nothing: the agent only waits there in case they come back."""
         per_room, served = self.conversations.per_room, self.conversations.served
         return sum(
             per_room[job.room] if job.room in served else max(1, per_room[job.room])
@@ -378,8 +382,9 @@ class DispatchWorker:
         agent: AgentRoom | None = None
         try:
             agent = await AgentRoom.join(
-                self.models, self.config, url, token, leave_when_empty=True, observer=self.observer
-            )
+                self.models, self.config, url, token, leave_when_empty=True, observer=self.observer,
+                creds=self.creds,
+            )  # fmt: skip
             job.agent = agent
             await self._send_job_status(job, proto.JobStatus.JS_RUNNING)
             self.notify(f"joined room {job.room}")

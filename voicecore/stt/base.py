@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,9 +18,10 @@ class Transcript:
 
 
 class STT(Protocol):
-    async def transcribe(self, audio: np.ndarray, *, final: bool) -> Transcript:
+    async def transcribe(self, audio: np.ndarray, *, final: bool, owner: Hashable = None) -> Transcript:
         """Transcribe a whole utterance. `final=False` is background work (an interim result)
-        and yields to final transcripts of any session. Cancelling the await abandons it."""
+        and yields to final transcripts of any session. Cancelling the await abandons it.
+        `owner` (the conversation): conversations take turns on the model."""
         ...
 
     @property

@@ -5,6 +5,12 @@ accepts fewer frames: encoding only the utterance plus some silence is several t
 a CPU. A shortened context sometimes makes Whisper loop ("What is X? What is X? ...") or stop
 early, so the fast path decodes greedily with a bound on the length, trims repeats, and falls
 back to the standard full-window decode whenever its output looks suspicious.
+
+Every decode is bounded by the audio's length: one temperature (faster-whisper's default fallback
+re-decodes up to six times when the text compresses well, which a person repeating themselves
+does: 28 s of one question said over and over held the shared worker for ~19 s) and a token
+budget from the duration. Interim transcripts never take the full window, and an abandoned
+transcription stops at the next step it can.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import math
 import re
 import threading
 import time
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,7 @@ PAD_SECONDS = 3.0  # silence appended for the short context: with less, Whisper 
 # starts repeating the utterance ("What is X? What is")
 MAX_WORDS_PER_SECOND = 5.0  # fast speech is ~4 words/s: more means a repetition loop
 MIN_SPEECH_SECONDS = 0.1
+MAX_NEW_TOKENS = 440  # Whisper's decoder holds 448 positions, the prompt included
 
 
 class WhisperSTT:
@@ -64,13 +72,13 @@ class WhisperSTT:
         self._features = threading.Lock()
         self._tokenizer: Any = None
 
-    async def transcribe(self, audio: np.ndarray, *, final: bool) -> Transcript:
+    async def transcribe(self, audio: np.ndarray, *, final: bool, owner: Hashable = None) -> Transcript:
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         worker = self._worker if final else self._interim_worker
         started = time.monotonic()
         abandoned = threading.Event()
         try:
-            text = await worker.run(lambda: self._recognise(audio, abandoned))
+            text = await worker.run(lambda: self._recognise(audio, abandoned, final), owner=owner)
         except asyncio.CancelledError:
             abandoned.set()  # if under way, it stops before the full-window decode (below)
             raise
@@ -85,31 +93,39 @@ class WhisperSTT:
             del self._model  # freed now, not during interpreter teardown (ctranslate2 can abort there)
 
     # -- worker thread --------------------------------------------------------------------------
-    def _recognise(self, audio: np.ndarray, abandoned: threading.Event) -> str:
+    def _recognise(self, audio: np.ndarray, abandoned: threading.Event, final: bool = True) -> str:
         duration = len(audio) / RECOGNITION_RATE
         if duration < MIN_SPEECH_SECONDS or not np.any(audio):
             return ""
-        if self.config.short_context and duration < 28.0:
+        if self.config.short_context and math.ceil(duration + PAD_SECONDS) <= 30:  # Whisper's window
             text = self._short_context(audio)
-            if text is not None or abandoned.is_set():
+            if text is not None or abandoned.is_set() or not final:
                 # Abandoned: typically an early final transcript whose speech went on, cut
                 # mid-word, which loops; the far costlier full window would make the real final
-                # wait behind it.
+                # wait behind it. An interim is only a preview: the next one may do better.
                 return text or ""
-        return self._full_window(audio)
+        return self._full_window(audio, abandoned)
 
-    def _full_window(self, audio: np.ndarray) -> str:
+    def _full_window(self, audio: np.ndarray, abandoned: threading.Event) -> str:
+        texts: list[str] = []
+        seconds = min(len(audio) / RECOGNITION_RATE, 30.0)  # per 30 s window
         with self._features:
             segments, _ = self._model.transcribe(
                 audio,
                 language=self.config.language,
                 beam_size=self.config.beam_size,
+                temperature=0.0,  # no fallback: one decode (see the module docstring)
+                max_new_tokens=min(MAX_NEW_TOKENS, int(8 + duration_tokens(seconds))),
                 condition_on_previous_text=False,
                 without_timestamps=True,
                 vad_filter=False,
                 chunk_length=30,  # the feature extractor keeps the last value: always pass it
             )
-            return " ".join(s.text.strip() for s in segments).strip()  # lazy: runs here, in the worker
+            for segment in segments:  # lazy: each 30 s window is decoded here, in the worker
+                texts.append(segment.text.strip())
+                if abandoned.is_set():
+                    break  # nobody waits for the rest
+        return " ".join(texts).strip()
 
     def _short_context(self, audio: np.ndarray) -> str | None:
         """Greedy decode on the utterance plus padding. None means: do not trust it."""

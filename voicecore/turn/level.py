@@ -9,14 +9,18 @@ work, never the end of a turn.
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 
 STEP = 256  # samples (16 ms)
+RECENT = 2 * 16_000  # samples of levels kept (`recent`)
 QUIET_RATIO = 10 ** (-30 / 20)
 
 
 class LevelTracker:
     def __init__(self) -> None:
+        self.recent: deque[tuple[int, float]] = deque(maxlen=RECENT // STEP)  # (step start, RMS)
         self._pending = np.zeros(0, dtype=np.float32)
         self._at = 0  # samples measured so far
         self._loudest = 0.0  # RMS of the loudest step of the current speech
@@ -34,6 +38,7 @@ class LevelTracker:
         changes: list[tuple[str, int]] = []
         for rms in np.sqrt(np.mean(block * block, axis=1)):
             start, self._at = self._at, self._at + STEP
+            self.recent.append((start, float(rms)))
             if not in_speech:
                 self._loudest, self.quiet_from = 0.0, None  # no speech under way: nothing stopped
                 continue

@@ -17,6 +17,7 @@ transcript may start early (the sound stopped before the VAD's first quiet windo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -40,15 +41,21 @@ class Action(Enum):
     DROP_EARLY = "drop_early"  # the sound came back: that early transcript is not the final one
 
 
+CUT_SEARCH = 2 * RECOGNITION_RATE  # an over-long utterance is cut at the likeliest pause in its last 2 s
+
+
 @dataclass(frozen=True)
 class Decision:
     action: Action
     sample: int  # 16 kHz stream position the decision refers to
+    audio_end: int | None = None  # SPECULATE: the utterance's audio ends here (None: all heard)
 
 
 class TurnMachine:
-    def __init__(self, config: TurnConfig) -> None:
+    def __init__(self, config: TurnConfig, quietest: Callable[[int], int] | None = None) -> None:
+        """`quietest(since)`: the stream sample since `since` closest to a pause (the VAD's)."""
         self.config = config
+        self._quietest = quietest
         self.state = TurnState.LISTENING
         self.utterance_start = 0  # first sample of the current user utterance
         self.speech_end = 0  # estimated end of the user's speech
@@ -57,6 +64,7 @@ class TurnMachine:
         self._barge_start: int | None = None
         self._user_speaking = False
         self._speech_onset = 0  # where the VAD's current (or last) speech began
+        self._cut = False  # the turn being answered is a monologue cut at max_utterance
         self._saying = False  # the agent took the floor on its own (no user utterance to answer)
         self._sound_stopped: int | None = None  # where the sound stopped, while in speech
         self.early_transcript: int | None = None  # where the early transcript started, if one is on
@@ -94,9 +102,12 @@ class TurnMachine:
         cfg = self.config
         if self.state is TurnState.USER_SPEAKING:
             if now - self.utterance_start >= cfg.max_utterance * RECOGNITION_RATE:
-                # An endless monologue: answer what fits in Whisper's window.
-                self.speech_end = now
-                return self._commit(now, speculate_first=True)
+                # An endless monologue: answer what fits in Whisper's window, cut between two
+                # words rather than in one; what follows the cut opens the next utterance.
+                cut = self._quietest(now - CUT_SEARCH) if self._quietest is not None else now
+                self.speech_end = self._speech_onset = min(cut, now)
+                self._cut = True
+                return self._commit(now, speculate_first=True, audio_end=self.speech_end)
             return self._maybe_transcribe_early(now)
         if self.state is TurnState.USER_PAUSED:
             silence = (now - self.speech_end) / RECOGNITION_RATE
@@ -106,6 +117,8 @@ class TurnMachine:
             if silence >= endpoint_delay(self.transcript, cfg):
                 decisions += self._commit(now, speculate_first=not self._speculating)
             return decisions
+        if self._cut and self.state is TurnState.AGENT_THINKING:
+            return []  # the person talks on past the cut: heard next, not merged into the cut turn
         if self._barge_start is not None and self._user_speaking:
             if (now - self._barge_start) / RECOGNITION_RATE >= cfg.min_interruption:
                 return self._barge_in(now)
@@ -132,6 +145,7 @@ class TurnMachine:
         if self.state in (TurnState.AGENT_THINKING, TurnState.AGENT_SPEAKING):
             self.state = TurnState.LISTENING
             self._saying = False
+            self._cut = False
             self._barge_start = None
             if self._user_speaking:  # the user already talks over the tail of the reply
                 self._start_utterance(self._speech_onset)
@@ -166,17 +180,17 @@ class TurnMachine:
         self._start_utterance(barge_start)
         return [Decision(Action.INTERRUPT, barge_start)]
 
-    def _commit(self, now: int, speculate_first: bool) -> list[Decision]:
-        decisions = [self._speculate()] if speculate_first else []
+    def _commit(self, now: int, speculate_first: bool, audio_end: int | None = None) -> list[Decision]:
+        decisions = [self._speculate(audio_end)] if speculate_first else []
         self.state = TurnState.AGENT_THINKING
         self._speculating = False
         return decisions + [Decision(Action.COMMIT, now)]
 
-    def _speculate(self) -> Decision:
+    def _speculate(self, audio_end: int | None = None) -> Decision:
         """Start the reply; it takes over the early transcript, if one is on."""
         self._speculating = True
         self.early_transcript = None
-        return Decision(Action.SPECULATE, self.speech_end)
+        return Decision(Action.SPECULATE, self.speech_end, audio_end)
 
     def _maybe_transcribe_early(self, now: int) -> list[Decision]:
         """The sound stopped EARLY_QUIET ago while the VAD still hears speech: the final
@@ -199,7 +213,14 @@ class TurnMachine:
         self.early_transcript = None
         return [Decision(Action.DROP_EARLY, sample)]
 
+    @property
+    def carried_onset(self) -> int | None:
+        """While the agent has the turn: where the speech the person is still making began (it
+        opens their next utterance), if they are speaking."""
+        return self._speech_onset if self._user_speaking else None
+
     def _start_utterance(self, sample: int) -> None:
+        self._cut = False
         self.state = TurnState.USER_SPEAKING
         self.utterance_start = sample
         self.transcript = None

@@ -9,6 +9,7 @@ new samples plus the last 64 of the previous window, and a [2, 1, 128] state. Be
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from voicecore.audio.frames import RECOGNITION_RATE
 from voicecore.config import VadConfig
 from voicecore.errors import ConfigError
 from voicecore.models import package_dir
-from voicecore.turn.level import LevelTracker
+from voicecore.turn.level import RECENT, STEP, LevelTracker
 from voicecore.turn.vad import VadEvent
 
 WINDOW = 512  # 32 ms
@@ -90,6 +91,7 @@ class SileroStream:
         self.speech_start = 0
         self.last_speech_sample = 0
         self._level = LevelTracker()
+        self._probabilities: deque[tuple[int, float]] = deque(maxlen=RECENT // WINDOW)  # (start, p)
         self._soft_reported: int | None = None  # the quiet_from found to be soft speech
 
     @property
@@ -114,6 +116,7 @@ class SileroStream:
             self.probability, self._state = self._model.probability(window, self._state)
             start = self._processed
             self._processed += WINDOW
+            self._probabilities.append((start, self.probability))
             event = self._hysteresis(self.probability, start)
             if event is not None:
                 events.append(event)
@@ -161,6 +164,17 @@ class SileroStream:
             self._soft_reported = quiet_from
             return VadEvent("sound_resumed", window_start)
         return None
+
+    def quietest(self, since: int) -> int:
+        """Within the window Silero was least sure of speech (the latest of equals) and the one
+        before it (its probability trails the sound), the middle of the quietest 16 ms step.
+        Silero stays sure through a stop consonant inside a word, where the level alone dips."""
+        windows = [(p, -start) for start, p in self._probabilities if start >= since]
+        if not windows:
+            return self.samples_seen
+        start = -min(windows)[1]
+        steps = [(rms, -at) for at, rms in self._level.recent if start - WINDOW <= at < start + WINDOW]
+        return -min(steps)[1] + STEP // 2 if steps else start
 
     @property
     def speech_end(self) -> int:

@@ -45,6 +45,11 @@ class VadStream(Protocol):
         """The estimated end of the latest speech: the endpoint delay is counted from here."""
         ...
 
+    def quietest(self, since: int) -> int:
+        """Where the audio since `since` (the last 2 s at most) came closest to a pause: where an
+        over-long utterance is cut, between two words rather than in one."""
+        ...
+
 
 class Vad(Protocol):
     def stream(self, config: VadConfig) -> VadStream:
