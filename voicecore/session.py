@@ -117,8 +117,9 @@ class Session:
             self._interim_at = decision.sample
         elif action is Action.TRANSCRIBE_EARLY:
             self._transcribe_early()
-        elif action is Action.DROP_EARLY:
-            self._drop_early()
+        elif action is Action.DROP_EARLY and self._early is not None:
+            self._early.cancel()
+            self._early = None
 
     # -- replies ----------------------------------------------------------------------------------
     def _start_reply(self, speech_end: float, audio_end: int | None = None) -> None:
@@ -140,9 +141,8 @@ class Session:
         self._follow(reply)
 
     async def say(self, text: str) -> str:
-        """Speak `text` now on the agent's own initiative (a greeting, a notice), through the
-        same playout, transcripts and history as a reply; the person can interrupt it. Returns
-        the words heard; "" at once if the person is speaking or a turn is under way."""
+        """Speak `text` on the agent's own initiative (a greeting) as a reply is spoken; the
+        person can interrupt it. The words heard ("" at once if a turn is under way)."""
         if self._closed or not self._machine.agent_says():
             return ""
         self._update_state()
@@ -196,16 +196,10 @@ class Session:
 
     # -- transcripts before the reply ---------------------------------------------------------------
     def _transcribe_early(self) -> None:
-        """Only while this conversation is alone: a dropped early transcript costs a core for
-        ~0.1 s, which another conversation's reply may need."""
+        """Only while this conversation is alone: a dropped one costs another's reply a core."""
         if self._early is None and self._conversations.alone:
             self._early = self._transcribe()
             self._early.add_done_callback(_seen)  # a dropped one's error is nobody's to log
-
-    def _drop_early(self) -> None:
-        if self._early is not None:
-            self._early.cancel()
-            self._early = None
 
     def _transcribe(self, end: int | None = None) -> asyncio.Future[Transcript]:
         audio = self._utterance_audio(end)
@@ -247,18 +241,19 @@ class Session:
         return self._audio.since(self._machine.utterance_start - self._prefix, end)
 
     def _trim_buffer(self) -> None:
+        """Keep the utterance (and its prefix), or a little before the next one; speech carried
+        on past a cut monologue is the next turn's, up to max_utterance of it."""
         if self._machine.state in (TurnState.USER_SPEAKING, TurnState.USER_PAUSED):
             self._audio.keep_from(self._machine.utterance_start - self._prefix)
-        else:
-            keep_from = self._vad.samples_seen - int(KEEP_BEFORE_ONSET * RECOGNITION_RATE)
-            carried = self._machine.carried_onset  # talking on past a cut monologue: their next turn
-            if carried is not None:
-                longest = int(self.config.turn.max_utterance * RECOGNITION_RATE)
-                keep_from = min(keep_from, max(carried - self._prefix, self._vad.samples_seen - longest))
-            self._audio.keep_from(keep_from)
+            return
+        now, keep = self._vad.samples_seen, int(KEEP_BEFORE_ONSET * RECOGNITION_RATE)
+        if (carried := self._machine.carried_onset) is not None:
+            longest = int(self.config.turn.max_utterance * RECOGNITION_RATE)
+            keep = max(keep, min(now - carried + self._prefix, longest))
+        self._audio.keep_from(now - keep)
 
     def _time_of(self, sample: int, now: float) -> float:
-        """Clock time of a stream sample: `now` is when the latest sample arrived."""
+        """Clock time of a stream sample (`now`: when the latest sample arrived)."""
         return now - (self._vad.samples_seen - sample) / RECOGNITION_RATE
 
     def _update_state(self) -> None:
@@ -278,9 +273,8 @@ class Session:
         )
 
     async def wait_for_idle(self) -> None:
-        """Until the turn under way is over: the person has stopped and the reply has played (at
-        once if none is). The endpoint is decided on audio time: keep pushing audio (silence
-        included) while you wait, as a live microphone does."""
+        """Until the turn under way is over and its reply played. The endpoint is decided on
+        audio time: keep pushing audio (silence too) while you wait, as a microphone does."""
         await self._idle.wait()
 
     async def aclose(self) -> None:

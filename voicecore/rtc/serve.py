@@ -20,17 +20,12 @@ from livekit import rtc
 
 from voicecore.config import Config
 from voicecore.pipeline import Models
+from voicecore.rtc.capacity import ConversationCount, default_capacity, drain_rooms
 from voicecore.rtc.observer import Observer, Observers
 from voicecore.rtc.room import REJOIN_MAX, AgentRoom
 from voicecore.rtc.tasks import Backoff, wait_first
 from voicecore.rtc.token import Credentials, agent_token
-from voicecore.rtc.worker import (
-    RECONNECT_MIN,
-    ConversationCount,
-    DispatchWorker,
-    default_capacity,
-    drain_rooms,
-)
+from voicecore.rtc.worker import RECONNECT_MIN, DispatchWorker
 
 
 async def serve_room(
