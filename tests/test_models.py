@@ -478,13 +478,14 @@ async def test_llm_gives_up_a_core_while_other_programs_hold_them(models, config
         pytest.skip("one core: nothing to switch")
     monkeypatch.setattr(models.scheduler.conversations, "_open", weakref.WeakKeyDictionary())
     monkeypatch.setattr(llm, "_contended_until", 0.0)
+    prompt = [Message("system", config.llm.system_prompt), Message("user", "Count from one to ten.")]
+    await asyncio.wait_for(_collect(llm.stream(prompt)), timeout=60)  # how fast a token is, idle
     cores = os.cpu_count() or 2
     burners = [  # two busy programs a core
         await asyncio.create_subprocess_exec(sys.executable, "-c", "while True: pass")
         for _ in range(2 * cores)
     ]
     try:
-        prompt = [Message("system", config.llm.system_prompt), Message("user", "Count from one to ten.")]
         await asyncio.wait_for(_collect(llm.stream(prompt)), timeout=120)
     finally:
         for burner in burners:

@@ -47,9 +47,12 @@ log = logging.getLogger(__name__)
 _DONE = object()
 _CUT = "\ue000"  # marks where a prompt read ahead ends (a private-use character nobody says)
 SAVED_CONTEXTS_BYTES = 128 << 20  # KV cells kept for conversations switched away from
-# A step on N threads that got less than this share of N x its wall time in CPU time: other
-# programs hold the cores. Every core is tried again after CONTENDED_FOR seconds.
+# A token on N threads that got less than this share of N x its wall time in CPU time, and took
+# SLOWER times the fastest token yet (or got under half that share): other programs hold the
+# cores. A little less CPU (a client on the same box) is no reason. Every core is tried again
+# after CONTENDED_FOR seconds.
 CONTENDED_SHARE = 0.6
+SLOWER = 3.0
 CONTENDED_FOR = 30.0
 
 
@@ -66,6 +69,7 @@ class LlamaCppEngine:
         self._cores = self._threads_batch = cores
         self._threads = self._threads_sharing
         self._contended_until = 0.0  # time.monotonic() until which other programs hold the cores
+        self._fastest = float("inf")  # the fastest token yet, in seconds
         common: dict[str, Any] = dict(
             n_ctx=config.context_tokens,
             n_threads=self._threads,
@@ -161,7 +165,7 @@ class LlamaCppEngine:
             try:
                 self._contexts.switch_to(prompt)
                 self._pick_threads()
-                step = self._step(self._threads_batch)  # the prompt
+                step = self._step(self._threads_batch, token=False)  # the prompt
                 chunks = self._llama.create_chat_completion(
                     messages=prompt,  # type: ignore[arg-type]
                     stream=True,
@@ -222,17 +226,22 @@ class LlamaCppEngine:
             self._llama._ctx.set_n_threads(threads, batch)
 
     @staticmethod
-    def _step(threads: int) -> tuple[int, float, float]:
-        return threads, time.process_time(), time.perf_counter()
+    def _step(threads: int, token: bool = True) -> tuple[int, bool, float, float]:
+        return threads, token, time.process_time(), time.perf_counter()
 
-    def _stepped(self, threads: int, cpu: float, wall: float) -> None:
+    def _stepped(self, threads: int, token: bool, cpu: float, wall: float) -> None:
         """A step (the prompt, a token) on `threads` threads is done: did they get their cores?"""
         wall = time.perf_counter() - wall
-        if threads > self._threads_sharing and wall > 0.005:
-            if time.process_time() - cpu < CONTENDED_SHARE * threads * wall:
-                if time.monotonic() >= self._contended_until:
-                    log.info("llama.cpp: other programs hold the cores; one core fewer for a while")
-                self._contended_until = time.monotonic() + CONTENDED_FOR
+        share = (time.process_time() - cpu) / (threads * wall) if wall > 0 else 1.0
+        if not token:
+            return  # a prompt's length varies: only its tokens are compared
+        fastest, self._fastest = self._fastest, min(self._fastest, wall)
+        if threads <= self._threads_sharing or share >= CONTENDED_SHARE:
+            return
+        if wall > SLOWER * fastest or share < CONTENDED_SHARE / 2:
+            if time.monotonic() >= self._contended_until:
+                log.info("llama.cpp: other programs hold the cores; one core fewer for a while")
+            self._contended_until = time.monotonic() + CONTENDED_FOR
 
     @property
     def last_progress(self) -> float:
