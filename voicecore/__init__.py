@@ -11,6 +11,7 @@ Embedding the pipeline::
     session.push_audio(AudioFrame(samples_int16, 16000))   # 20 ms at a time
 """
 
+from voicecore.agent import Agent, load_agent
 from voicecore.audio.frames import FRAME_MS, AudioFrame, split_frames
 from voicecore.audio.wav import load_for_recognition, read_wav, write_wav
 from voicecore.config import Config, load_config
@@ -22,6 +23,7 @@ from voicecore.pipeline import Models, load_models
 from voicecore.session import AudioSink, Session, SessionHooks
 from voicecore.stt.base import STT, Transcript
 from voicecore.talk import RealtimeSink, TalkResult, talk
+from voicecore.tools import Tool, ToolCall, ToolResult, tool
 from voicecore.tts.base import TTS
 from voicecore.turn.state import AgentState
 
@@ -29,8 +31,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FRAME_MS",
+    "Agent",
     "STT",
     "TTS",
+    "Tool",
+    "ToolCall",
+    "ToolResult",
     "AgentState",
     "AudioFormatError",
     "AudioFrame",
@@ -48,11 +54,13 @@ __all__ = [
     "Transcript",
     "TurnRecord",
     "VoicecoreError",
+    "load_agent",
     "load_config",
     "load_for_recognition",
     "load_models",
     "read_wav",
     "split_frames",
     "talk",
+    "tool",
     "write_wav",
 ]

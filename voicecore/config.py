@@ -166,6 +166,26 @@ class MetricsConfig:
 
 
 @dataclass
+class AgentConfig:
+    # The agent every room gets: a Python file or module holding a voicecore.Agent (instructions,
+    # greeting, tools): "examples/assistant.py", "mypackage.agents:support". Empty = talk only.
+    definition: str = ""
+    # Other agents a room may ask for by name in its metadata or its dispatch's ({"agent": "tutor"}),
+    # or a browser in POST /api/connection-details: "tutor=examples/tutor.py,helper=pkg.mod:agent".
+    profiles: str = ""
+    # Let room metadata set the instructions as free text ({"instructions": "..."}). Off: only
+    # the profiles above; whoever can create rooms would otherwise write the system prompt.
+    metadata_instructions: bool = False
+    tool_timeout: float = 10.0  # seconds a tool may run; then the model hears it timed out
+    filler: str = "One moment."  # said while a tool runs longer than filler_after
+    filler_after: float = 0.7
+    max_tool_calls: int = 3  # per turn; then the model answers with what it has
+    # MCP servers whose tools every agent gets, separated by ";": a command line
+    # ("python my_server.py", stdio) or a streamable HTTP URL ("http://127.0.0.1:9000/mcp").
+    mcp_servers: str = ""
+
+
+@dataclass
 class Config:
     vad: VadConfig = field(default_factory=VadConfig)
     turn: TurnConfig = field(default_factory=TurnConfig)
@@ -176,6 +196,7 @@ class Config:
     livekit: LiveKitConfig = field(default_factory=LiveKitConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from voicecore.audio.frames import AudioFrame
 from voicecore.metrics import TurnRecord
+from voicecore.tools import ToolResult
 from voicecore.turn.state import AgentState
 
 
@@ -43,6 +44,10 @@ class SessionHooks:
     def on_agent_said(self, text: str) -> None:
         """The agent stopped speaking (a reply or `Session.say`): `text` is what was heard, cut
         at a barge-in."""
+
+    def on_tool(self, result: ToolResult) -> None:
+        """A tool call is over (`result.error` says if it failed); `result.call` is what the
+        model asked for."""
 
     def on_turn(self, record: TurnRecord) -> None:
         """A turn is over (answered or interrupted)."""

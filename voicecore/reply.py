@@ -3,12 +3,14 @@ agent's, then played.
 
     Reply.answer(transcript)   started at the first quiet window (speculation)
       -> await the transcript    the person's words (the apology if STT fails)
-      -> LLM stream              tokens -> SentenceChunker -> clauses
+      -> LLM stream              tokens -> SentenceChunker -> clauses; or a tool call: the tool
+                                 runs (a filler is said if it is slow), the LLM reads its result
       -> TTS                     the first clause under the first-audio gate, then the rest,
                                  at most CHUNKS_AHEAD ahead of playout
       -> held until commit()     nothing is heard before the turn is committed
       -> playout                 20 ms frames -> the sink
     Reply.saying(text)         the same from TTS on, for words the agent says on its own
+    Reply.generating(instr.)   the same from the LLM on, the agent speaking first
 
     cancel()     the person went on before the endpoint: nothing of it is heard
     interrupt()  barge-in: silent now; returns the outcome, with the words that were heard
@@ -22,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from voicecore.agent import Agent
 from voicecore.audio.frames import AudioFrame, split_frames, trim_leading_silence
 from voicecore.audio.resample import resample
 from voicecore.config import Config
@@ -36,6 +40,7 @@ from voicecore.metrics import TurnRecord
 from voicecore.pipeline import Models
 from voicecore.scheduling import stall_timeout
 from voicecore.stt.base import Transcript
+from voicecore.tools import Tool, ToolCall, ToolResult, find, unknown
 from voicecore.tts.chunker import SentenceChunker
 
 log = logging.getLogger(__name__)
@@ -55,6 +60,7 @@ class ReplyContext:
     hooks: SessionHooks
     clock: Callable[[], float]
     label: str = "conversation"  # whose replies, in log lines ("room R, alice")
+    agent: Agent = field(default_factory=Agent)
 
 
 @dataclass
@@ -63,7 +69,8 @@ class ReplyOutcome:
     user_text: str  # "" for words the agent said on its own, or when no words were heard
     heard: str  # the reply as it reached the person: cut at a barge-in
     interrupted: bool
-    said: bool  # words the agent said on its own (`Reply.saying`), not an answer
+    said: bool  # words the agent said on its own (`Reply.saying`, `generating`), not an answer
+    steps: list[Message] = field(default_factory=list)  # tool calls and results, in order
 
 
 @dataclass
@@ -82,6 +89,7 @@ class Reply:
         transcript: asyncio.Future[Transcript] | None = None,
         history: ChatHistory | None = None,
         said: str | None = None,
+        instructions: str | None = None,
         on_transcript: Callable[[str], None] = lambda text: None,
         on_first_frame: Callable[[], None] = lambda: None,
     ) -> None:
@@ -91,6 +99,9 @@ class Reply:
         self._transcript = transcript
         self._history = history
         self._said = said
+        self._instructions = instructions
+        self._steps: list[Message] = []
+        self._filling = False
         self._on_transcript = on_transcript
         self._on_first_frame = on_first_frame
         self._committed = asyncio.Event()
@@ -120,6 +131,21 @@ class Reply:
     ) -> Reply:
         """Say `text` (committed at once: it is the agent's turn already)."""
         reply = cls(ctx, turn, said=text, on_first_frame=on_first_frame)
+        reply._committed.set()
+        return reply
+
+    @classmethod
+    def generating(
+        cls,
+        ctx: ReplyContext,
+        turn: TurnRecord,
+        history: ChatHistory,
+        instructions: str,
+        on_first_frame: Callable[[], None],
+    ) -> Reply:
+        """Speak first: the LLM's words after the conversation so far and `instructions` (a
+        system line for this reply only, e.g. "greet the user and offer help")."""
+        reply = cls(ctx, turn, history=history, instructions=instructions, on_first_frame=on_first_frame)
         reply._committed.set()
         return reply
 
@@ -170,6 +196,12 @@ class Reply:
             chunks: Chunks = asyncio.Queue(CHUNKS_AHEAD)
             if self._said is not None:
                 producer = asyncio.create_task(self._speak_text(self._said, chunks))
+            elif self._instructions is not None:
+                assert self._history is not None
+                prompt = self._history.messages()
+                if self._instructions:
+                    prompt.append(Message("system", self._instructions))
+                producer = asyncio.create_task(self._produce(prompt, chunks))
             else:
                 producer = await self._understand(chunks)
             await self._committed.wait()
@@ -210,23 +242,63 @@ class Reply:
         if not text:
             chunks.put_nowait(None)  # no words: a cough, a noise; nothing to answer
             return None
+        return asyncio.create_task(self._answer(text, chunks))
+
+    async def _answer(self, text: str, chunks: Chunks) -> None:
+        """The application sees the words first (`Agent.before_llm`), then the LLM answers."""
+        ctx = self._ctx
+        assert self._history is not None
+        if ctx.agent.before_llm is not None:
+            try:
+                seen = ctx.agent.before_llm(text)
+                text = await seen if inspect.isawaitable(seen) else seen
+            except Exception as e:
+                self._failed("agent", e)
+                await self._apologise(chunks)
+                return
         llm = ctx.models.llm
         budget = llm.context_tokens - ctx.config.llm.max_tokens
         prompt = self._history.prompt(text, budget, llm.count_tokens)
-        return asyncio.create_task(self._produce(prompt, chunks))
+        await self._produce(prompt, chunks)
 
     def _settle(self, heard: str, interrupted: bool) -> None:
         if not self.outcome.done():
             self.turn.agent_text = heard
-            self.outcome.set_result(
-                ReplyOutcome(self.turn, self.user_text, heard, interrupted, self._said is not None)
-            )
+            said = self._said is not None or self._instructions is not None
+            outcome = ReplyOutcome(self.turn, self.user_text, heard, interrupted, said, list(self._steps))
+            self.outcome.set_result(outcome)
 
     async def _produce(self, prompt: list[Message], chunks: Chunks) -> None:
-        """LLM tokens -> clauses -> speech, ahead of playout by at most CHUNKS_AHEAD chunks."""
-        ctx, turn = self._ctx, self.turn
+        """LLM tokens -> clauses -> speech, ahead of playout by at most CHUNKS_AHEAD chunks; a
+        tool call in between is run, and the LLM asked again with its result."""
+        ctx = self._ctx
         chunker = SentenceChunker(ctx.config.tts.first_chunk_min_words, ctx.config.tts.chunk_min_words)
-        stream = ctx.models.llm.stream(prompt)
+        tools = list(ctx.agent.tools)
+        try:
+            for calls in range(ctx.config.agent.max_tool_calls + 1):
+                offered = tools if calls < ctx.config.agent.max_tool_calls else []
+                call = await self._stream(prompt, offered, chunker, chunks)
+                if not isinstance(call, ToolCall):
+                    if call:
+                        for text in chunker.flush():
+                            if not await self._speak_chunk(text, chunks):
+                                return
+                    return
+                result = await self._use_tool(call, chunks)
+                steps = [Message.calling(call), Message("tool", result.content)]
+                self._steps += steps
+                prompt = [*prompt, *steps]
+        finally:
+            await _end(chunks)
+
+    async def _stream(
+        self, prompt: list[Message], tools: list[Tool], chunker: SentenceChunker, chunks: Chunks
+    ) -> ToolCall | bool:
+        """One LLM request: its words spoken as they come. The tool call it made, if it made
+        one; else True once it is over, False if a stage failed (the apology is said)."""
+        ctx, turn = self._ctx, self.turn
+        # an engine written before tools existed takes the messages alone
+        stream = ctx.models.llm.stream(prompt, tools) if tools else ctx.models.llm.stream(prompt)
         try:
             while True:
                 try:
@@ -235,23 +307,62 @@ class Reply:
                     ):
                         piece = await anext(stream)
                 except StopAsyncIteration:
-                    break
+                    return True
                 except Exception as e:
                     self._failed("llm", e)
                     await self._apologise(chunks)
-                    return
+                    return False
+                if isinstance(piece, ToolCall):
+                    return piece
                 if turn.llm_first_token is None:
                     turn.llm_first_token = ctx.clock()
                 for text in chunker.push(piece):
                     if not await self._speak_chunk(text, chunks):
-                        return
-            for text in chunker.flush():
-                if not await self._speak_chunk(text, chunks):
-                    return
+                        return False
         finally:
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
-            await _end(chunks)
+
+    async def _use_tool(self, call: ToolCall, chunks: Chunks) -> ToolResult:
+        """Run the tool the model asked for (once the turn is certain, unless the tool only
+        reads); a filler is said if it takes longer than `agent.filler_after`."""
+        ctx, config = self._ctx, self._ctx.config.agent
+        tool = find(ctx.agent.tools, call.name)
+        if tool is None:
+            result = unknown(call)
+        else:
+            if not tool.speculative:
+                await self._committed.wait()
+            # one filler a turn at most
+            filler = asyncio.create_task(self._filler(chunks)) if "filler" not in self.turn.extra else None
+            try:
+                result = await tool(call, config.tool_timeout)
+            finally:
+                if filler is not None:
+                    if not self._filling:
+                        filler.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await filler
+        self.turn.extra.setdefault("tools", []).append(
+            {
+                "name": call.name,
+                "arguments": call.arguments,
+                "seconds": round(result.seconds, 3),
+                "error": result.error,
+            }
+        )
+        if result.error is not None:
+            log.warning("%s: turn %d: tool %s: %s", ctx.label, self.turn.turn, call.name, result.error)
+        ctx.hooks.on_tool(result)
+        return result
+
+    async def _filler(self, chunks: Chunks) -> None:
+        config = self._ctx.config.agent
+        await asyncio.sleep(config.filler_after)
+        if config.filler:
+            self._filling = True  # once started, it is said whole, before the answer
+            self.turn.extra["filler"] = True
+            await self._speak_chunk(config.filler, chunks)
 
     async def _speak_text(self, text: str, chunks: Chunks) -> None:
         config = self._ctx.config.tts

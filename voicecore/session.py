@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import Callable
 
 import numpy as np
 
+from voicecore.agent import Agent
 from voicecore.audio.frames import RECOGNITION_RATE, AudioFrame
 from voicecore.audio.recent import RecentAudio
 from voicecore.audio.resample import StreamResampler
@@ -54,18 +56,21 @@ class Session:
         clock: Callable[[], float] = time.monotonic,
         room: str = "",
         label: str = "conversation",
+        agent: Agent | None = None,
     ) -> None:
         """`room`: where the conversation takes place, for the process's count of conversations.
-        `label`: who this is, in log lines ("room R, alice")."""
+        `label`: who this is, in log lines ("room R, alice"). `agent`: its instructions and
+        tools (default: the configured system prompt, no tools)."""
         self.models = models
         self.config = config
         self.sink = sink
         self.hooks = hooks or SessionHooks()
         self.clock = clock
-        self.history = ChatHistory(config.llm.system_prompt)
+        self.agent = agent or Agent()
+        self.history = ChatHistory(self.agent.instructions or config.llm.system_prompt)
         self.records: list[TurnRecord] = []
         self.state = AgentState.INITIALIZING
-        self._ctx = ReplyContext(models, config, sink, self.hooks, clock, label)
+        self._ctx = ReplyContext(models, config, sink, self.hooks, clock, label, self.agent)
         self._conversations = models.scheduler.conversations
         self._resampler = StreamResampler(RECOGNITION_RATE)
         self._vad = models.vad.stream(config.vad)
@@ -78,6 +83,7 @@ class Session:
         self._interim_at = 0  # where the last interim transcript (or the utterance) began
         self._early: asyncio.Future[Transcript] | None = None  # a final transcript started early
         self._idle = asyncio.Event()
+        self._background: set[asyncio.Future[None]] = set()  # the application's after_reply hooks
         self._closed = False
         self._conversations.opened(self, room)
         self._update_state()
@@ -140,6 +146,27 @@ class Session:
         )  # fmt: skip
         self._follow(reply)
 
+    def push_text(self, text: str) -> None:
+        """A typed message from the person: answered now as a spoken turn is, interrupting the
+        agent if it is speaking (and dropping a reply made ahead to words they then typed over)."""
+        if self._closed or not text.strip():
+            return
+        now = self.clock()
+        for decision in self._machine.user_typed(self._vad.samples_seen):
+            self._act(decision, now)
+        self._drop_reply()
+        self._machine.answer_typed()
+        self._turns += 1
+        typed: asyncio.Future[Transcript] = asyncio.get_running_loop().create_future()
+        typed.set_result(Transcript(text.strip(), True, 0.0, 0.0))
+        turn = TurnRecord(turn=self._turns, speech_end=now, extra={"typed": True})
+        reply = Reply.answer(
+            self._ctx, turn, typed, self.history,
+            on_transcript=lambda _: None, on_first_frame=self._agent_speaking,
+        )  # fmt: skip
+        reply.commit(now)
+        self._follow(reply)
+
     async def say(self, text: str) -> str:
         """Speak `text` on the agent's own initiative (a greeting) as a reply is spoken; the
         person can interrupt it. The words heard ("" at once if a turn is under way)."""
@@ -149,6 +176,17 @@ class Session:
         reply = Reply.saying(
             self._ctx, TurnRecord(turn=0, speech_end=self.clock()), text, self._agent_speaking
         )
+        self._follow(reply)
+        return await reply.heard()
+
+    async def generate_reply(self, instructions: str = "") -> str:
+        """Speak first: the LLM's own words after the conversation so far, guided by
+        `instructions` for this reply only. The words heard ("" at once if a turn is under way)."""
+        if self._closed or not self._machine.agent_says():
+            return ""
+        self._update_state()
+        turn = TurnRecord(turn=0, speech_end=self.clock())
+        reply = Reply.generating(self._ctx, turn, self.history, instructions, self._agent_speaking)
         self._follow(reply)
         return await reply.heard()
 
@@ -170,13 +208,28 @@ class Session:
             self.history.add_said(outcome.heard)
         else:
             if outcome.user_text:
-                self.history.commit(outcome.user_text, outcome.heard)
+                self.history.commit(outcome.user_text, outcome.heard, outcome.steps)
+                self._after_reply(outcome)
             self.records.append(outcome.turn)
             self.hooks.on_turn(outcome.turn)
         self._read_ahead("")  # the user's header after this reply
         for decision in self._machine.agent_done():
             self._act(decision, self.clock())
         self._update_state()
+
+    def _after_reply(self, outcome: ReplyOutcome) -> None:
+        if self.agent.after_reply is None:
+            return
+        try:
+            done = self.agent.after_reply(outcome.user_text, outcome.heard)
+        except Exception:
+            log.exception("agent after_reply failed")
+            return
+        if inspect.isawaitable(done):
+            task = asyncio.ensure_future(done)
+            self._background.add(task)
+            task.add_done_callback(_after_reply_done)
+            task.add_done_callback(self._background.discard)
 
     def _drop_reply(self) -> None:
         """Cancel a speculative reply; nothing more of it is played. One that has just finished
@@ -293,6 +346,11 @@ class Session:
         self.sink.clear_queue()
         self._idle.set()
         self.models.llm.forget(self.history.messages())
+
+
+def _after_reply_done(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("agent after_reply failed", exc_info=task.exception())
 
 
 def _seen(future: asyncio.Future[Transcript]) -> None:

@@ -2,27 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-Role = Literal["system", "user", "assistant"]
+from voicecore.tools import Tool, ToolCall
+
+Role = Literal["system", "user", "assistant", "tool"]
 
 
 @dataclass
 class Message:
     role: Role
     content: str
+    tool_call: ToolCall | None = None  # an assistant message that calls a tool (content "")
 
     def as_dict(self) -> dict[str, str]:
+        """As chat templates read it; a tool call as its JSON, which the model then sees as
+        what it said (templates that know tools are given `tools` separately)."""
+        if self.tool_call is not None:
+            return {"role": self.role, "content": self.tool_call.as_json()}
         return {"role": self.role, "content": self.content}
+
+    @classmethod
+    def calling(cls, call: ToolCall) -> Message:
+        return cls("assistant", "", call)
 
 
 class LLMEngine(Protocol):
     context_tokens: int
 
-    def stream(self, messages: list[Message]) -> AsyncIterator[str]:
-        """Stream the reply to `messages` piece by piece.
+    def stream(self, messages: list[Message], tools: Sequence[Tool] = ()) -> AsyncIterator[str | ToolCall]:
+        """Stream the reply to `messages` piece by piece. With `tools`, the reply may instead be
+        one `ToolCall` (and nothing else): the caller runs it and asks again with the result.
 
         Closing the iterator (or cancelling the task that iterates it) stops generation; the
         engine is free for the next request as soon as the current token is done.

@@ -8,7 +8,7 @@ is over (`commit`, with the reply as heard), words the agent said on its own wit
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from voicecore.llm.base import Message
 
@@ -40,8 +40,8 @@ class ChatHistory:
         total = cost(self.system) + sum(cost(m) for m in self._turns) + cost(user)
         while total > budget_tokens and self._turns:
             total -= cost(self._turns.pop(0))
-            # keep user/assistant alternation: never start with an assistant message
-            while self._turns and self._turns[0].role == "assistant":
+            # keep user/assistant alternation: never start with an assistant or a tool message
+            while self._turns and self._turns[0].role in ("assistant", "tool"):
                 total -= cost(self._turns.pop(0))
         if total > budget_tokens:
             spare = budget_tokens - cost(self.system)
@@ -51,10 +51,11 @@ class ChatHistory:
             user = Message("user", " ".join(words))
         return [*self.messages(), user]
 
-    def commit(self, user_text: str, reply: str) -> None:
-        """A turn is over: the person's words and the reply as they heard it (nothing heard: no
-        assistant message)."""
+    def commit(self, user_text: str, reply: str, steps: Sequence[Message] = ()) -> None:
+        """A turn is over: the person's words, the tool calls and results the reply was made
+        with, and the reply as they heard it (nothing heard: no assistant message)."""
         self._turns.append(Message("user", user_text))
+        self._turns += steps
         if reply.strip():
             self._turns.append(Message("assistant", reply))
 

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -38,9 +39,11 @@ from typing import Any
 from voicecore.config import LlmConfig
 from voicecore.errors import ConfigError
 from voicecore.llm.base import Message
+from voicecore.llm.tool_choice import ToolChooser, arguments_instruction, arguments_schema, parse_arguments
 from voicecore.llm.weights import fast_cpu_copy
 from voicecore.models import bundled_gguf
 from voicecore.scheduling import BACKGROUND, CRITICAL, Scheduler
+from voicecore.tools import Tool, ToolCall
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,8 @@ class LlamaCppEngine:
         self._template = _template(self._llama)
         self._ahead: list[dict[str, str]] | None = None  # the latest prompt to read ahead
         self._ahead_lock = threading.Lock()
+        self._chooser: ToolChooser | None = None  # made at the first request with tools
+        self._grammars: dict[str, Any] = {}  # tool name -> its arguments' grammar
 
     def count_tokens(self, text: str) -> int:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
@@ -144,7 +149,60 @@ class LlamaCppEngine:
             llama._ctx.set_n_threads(self._threads, self._threads_batch)
         log.debug("read ahead %d prompt tokens", len(tokens) - common)
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[Message], tools: Sequence[Tool] = ()
+    ) -> AsyncIterator[str | ToolCall]:
+        if tools and messages and messages[-1].role == "user":
+            prompt = [m.as_dict() for m in messages]
+            call = await self._worker.run(partial(self._tool_call, prompt, list(tools)), CRITICAL)
+            if call is not None:
+                yield call
+                return
+        async for piece in self._generate(messages):
+            yield piece
+
+    def _tool_call(self, prompt: list[dict[str, str]], tools: list[Tool]) -> ToolCall | None:
+        """Worker thread: the tool the user's words ask for, with its arguments, or None (see
+        voicecore.llm.tool_choice)."""
+        from llama_cpp import LlamaGrammar
+
+        if self._chooser is None:
+            self._chooser = ToolChooser(self._llama, self._render_turn)
+        chosen = self._chooser.choose(prompt[-1]["content"], tools)
+        self._worker.progressed()
+        if chosen is None:
+            return None
+        if not chosen.parameters.get("properties"):
+            return ToolCall(chosen.name, {})
+        grammar = self._grammars.get(chosen.name)
+        if grammar is None:
+            schema = json.dumps(arguments_schema(chosen))
+            grammar = self._grammars[chosen.name] = LlamaGrammar.from_json_schema(schema, verbose=False)
+        asked = [*prompt, {"role": "system", "content": arguments_instruction(chosen)}]
+        self._contexts.switch_to(asked)
+        self._pick_threads()
+        out = self._llama.create_chat_completion(
+            messages=asked,  # type: ignore[arg-type]
+            grammar=grammar,
+            max_tokens=self.config.max_tokens,
+            temperature=0.0,
+        )
+        text = str(out["choices"][0]["message"]["content"] or "")  # type: ignore[index]
+        self._contexts.now_holds([*asked, {"role": "assistant", "content": text}])
+        arguments = parse_arguments(text)
+        return ToolCall(chosen.name, arguments) if arguments is not None else None
+
+    def _render_turn(self, system: str, user: str) -> tuple[str, str]:
+        """The chat template's text before and after a user's words, under one system line."""
+        if self._template is None:
+            return f"{system}\nUser: ", ""
+        rendered = self._template(
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": _CUT}]
+        )
+        before, _, after = rendered.prompt.partition(_CUT)
+        return before, after
+
+    async def _generate(self, messages: list[Message]) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         # Bounded by construction: at most max_tokens pieces are ever put here.
         pieces: asyncio.Queue[Any] = asyncio.Queue()
@@ -249,6 +307,8 @@ class LlamaCppEngine:
 
     def close(self) -> None:
         if self._worker.close():
+            if self._chooser is not None:
+                self._chooser.close()
             self._llama.close()  # freed now, not during interpreter teardown
 
 

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from voicecore.config import LlmConfig
 from voicecore.errors import ConfigError
 from voicecore.llm.base import Message
+from voicecore.tools import Tool, ToolCall
+
+log = logging.getLogger(__name__)
 
 _request_ids = itertools.count()
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -68,6 +72,7 @@ class VllmEngine:
         self.prompt_tokens = 0
         self.cached_tokens = 0
         self.aborted = 0  # requests closed before their end (barge-in, a cancelled speculation)
+        self._warned_tools = False
 
     def forget(self, messages: list[Message]) -> None:
         pass  # vLLM's prefix cache evicts by itself
@@ -83,8 +88,14 @@ class VllmEngine:
         """Requests vLLM is generating or holds in line (a cancelled reply is not one)."""
         return int(self._engine.get_num_unfinished_requests())
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[Message], tools: Sequence[Tool] = ()
+    ) -> AsyncIterator[str | ToolCall]:
         from vllm import SamplingParams
+
+        if tools and not self._warned_tools:
+            self._warned_tools = True
+            log.warning("the vLLM engine does not call tools yet: the agent answers without them")
         from vllm.sampling_params import RequestOutputKind
 
         _, (prompt,) = await self._engine.renderer.render_chat_async(

@@ -136,6 +136,25 @@ class TurnMachine:
         self._saying = True
         return True
 
+    def user_typed(self, sample: int) -> list[Decision]:
+        """The person typed a message: what is under way stops (the agent's reply interrupted, a
+        reply made ahead cancelled); then `answer_typed` gives the agent the floor to answer."""
+        if self.state in (TurnState.AGENT_THINKING, TurnState.AGENT_SPEAKING):
+            return [Decision(Action.INTERRUPT, sample)]
+        if self._speculating:
+            self._speculating = False
+            return [Decision(Action.CANCEL_SPECULATION, sample)]
+        return []
+
+    def answer_typed(self) -> None:
+        """The agent answers typed words: its turn, which the person can interrupt by voice."""
+        self.state = TurnState.AGENT_THINKING
+        self._saying = True  # no utterance of theirs to reopen: speech over it is a barge-in
+        self._speculating = False
+        self._barge_start = None
+        self.transcript = None
+        self.early_transcript = None
+
     def agent_speaking(self) -> None:
         if self.state is TurnState.AGENT_THINKING:
             self.state = TurnState.AGENT_SPEAKING

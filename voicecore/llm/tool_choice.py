@@ -1,0 +1,129 @@
+"""Which tool, if any, a user's words ask for, for chat models that were not taught to call tools
+(the bundled SmolLM2-135M), and the call's arguments under a grammar.
+
+Asked to pick a tool, a small model names one at random, and "none" almost never. It does know
+how likely a sentence is, though: the words "What's the weather in Paris?" are far likelier after
+"The user asks for: the current weather in a city" than after "The user asks for anything". So
+each tool is scored by that gain (pointwise mutual information, in nats), all in one batch on a
+scoring context that shares the model's weights; the best tool wins if its gain clears
+`MIN_GAIN`. The arguments are then generated in the conversation's own context, constrained by
+the tool's JSON schema (llama.cpp's grammar), so a call always parses. Figures:
+docs/decisions.md.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from voicecore.tools import Tool
+
+MIN_GAIN = 1.5  # nats; chosen on the labelled set in benchmarks/tool_choice.py
+BASELINE = "The user asks for anything."
+MAX_SEQUENCES = 16  # tools scored per batch, the baseline included
+MAX_STRING = 80  # characters per string argument: a small model can loop inside a string
+
+
+class ToolChooser:
+    """Worker thread only (it uses the model's weights through its own context)."""
+
+    def __init__(self, llama: Any, render: Callable[[str, str], tuple[str, str]]) -> None:
+        """`render(system, user)`: the chat template's text before and after the user's words."""
+        import llama_cpp
+        from llama_cpp._internals import LlamaBatch, LlamaContext
+
+        self._llama = llama
+        self._render = render
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = 2048
+        params.n_batch = params.n_ubatch = 2048
+        params.n_seq_max = MAX_SEQUENCES
+        params.n_threads = params.n_threads_batch = llama.context_params.n_threads_batch
+        if hasattr(params, "kv_unified"):
+            params.kv_unified = True  # the sequences share the cells; none needs the whole window
+        self._ctx = LlamaContext(model=llama._model, params=params, verbose=False)
+        self._batch = LlamaBatch(n_tokens=2048, embd=0, n_seq_max=MAX_SEQUENCES, verbose=False)
+        self._vocab = llama.n_vocab()
+
+    def choose(self, user_text: str, tools: Sequence[Tool]) -> Tool | None:
+        if not tools or not user_text.strip():
+            return None
+        gains: list[tuple[float, Tool]] = []
+        for start in range(0, len(tools), MAX_SEQUENCES - 1):
+            group = tools[start : start + MAX_SEQUENCES - 1]
+            scores = self._score(
+                user_text, [BASELINE, *(f"The user asks for: {t.description}" for t in group)]
+            )
+            gains += [(score - scores[0], t) for score, t in zip(scores[1:], group, strict=True)]
+        gain, best = max(gains, key=lambda g: g[0])
+        return best if gain >= MIN_GAIN else None
+
+    def gains(self, user_text: str, tools: Sequence[Tool]) -> dict[str, float]:
+        """Each tool's gain (for the benchmark and the turn record)."""
+        scores = self._score(user_text, [BASELINE, *(f"The user asks for: {t.description}" for t in tools)])
+        return {t.name: s - scores[0] for s, t in zip(scores[1:], tools, strict=True)}
+
+    def _score(self, user_text: str, systems: list[str]) -> list[float]:
+        """log P(user_text | each system line), summed over the words' tokens."""
+        llama, batch = self._llama, self._batch
+        spans: list[tuple[int, int]] = []  # the words' first token's batch index, their count
+        words_all: list[list[int]] = []
+        batch.reset()
+        for seq, system in enumerate(systems):
+            before, _ = self._render(system, user_text)
+            head = llama.tokenize(before.encode("utf-8"), add_bos=True, special=True)
+            words = llama.tokenize(user_text.encode("utf-8"), add_bos=False, special=False)
+            spans.append((batch.n_tokens() + len(head), len(words)))
+            words_all.append(words)
+            batch.add_sequence([*head, *words], seq, logits_all=True)
+        self._ctx.kv_cache_clear()
+        self._ctx.decode(batch)
+        scores = []
+        for (first, count), words in zip(spans, words_all, strict=True):
+            total = 0.0
+            for k, token in enumerate(words[:count]):
+                row = self._logits(first + k - 1)  # the logits before each word token
+                top = row.max()
+                total += float(row[token] - top - np.log(np.exp(row - top).sum()))
+            scores.append(total)
+        return scores
+
+    def _logits(self, index: int) -> np.ndarray:
+        pointer = self._ctx.get_logits_ith(index)
+        return np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), (self._vocab,))
+
+    def close(self) -> None:
+        self._batch.close()
+        self._ctx.close()
+
+
+def arguments_schema(tool: Tool) -> dict[str, Any]:
+    """The tool's parameters with every string bounded (see MAX_STRING)."""
+
+    def bound(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: bound(v) for k, v in node.items()}
+            if out.get("type") == "string" and "enum" not in out:
+                out.setdefault("maxLength", MAX_STRING)
+            return out
+        if isinstance(node, list):
+            return [bound(v) for v in node]
+        return node
+
+    return bound(tool.parameters)
+
+
+def arguments_instruction(tool: Tool) -> str:
+    return f"Call {tool.name} ({tool.description}) now: write its arguments as JSON."
+
+
+def parse_arguments(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
