@@ -92,6 +92,15 @@ class Telemetry(Observer):
             "room: a room task; job: a dispatched room; send: a transcript or state update)",
             ["stage"], registry=reg,
         )  # fmt: skip
+        self.tool_calls = Counter(
+            "voicecore_tool_calls",
+            "Tool calls over, by tool and outcome (ok, raised, timed out, unknown tool, bad arguments)",
+            ["tool", "outcome"], registry=reg,
+        )  # fmt: skip
+        self.tool_seconds = Histogram(
+            "voicecore_tool_seconds", "How long each tool call ran",
+            ["tool"], buckets=LATENCY_BUCKETS, registry=reg,
+        )  # fmt: skip
         for stage in STAGES:  # every series exists from the start, at zero
             self.stage_latency.labels(stage)
         for stage in ERROR_STAGES:
@@ -123,6 +132,9 @@ class Telemetry(Observer):
                 self.stage_latency.labels(stage).observe(at - record.speech_end)
         if (v2v := record.voice_to_voice) is not None:
             self.voice_to_voice.observe(v2v)
+        for call in record.extra.get("tools", []):
+            self.tool_calls.labels(call["name"], call["error"] or "ok").inc()
+            self.tool_seconds.labels(call["name"]).observe(call["seconds"])
 
     def on_error(self, stage: str) -> None:
         self.errors.labels(stage).inc()

@@ -100,7 +100,9 @@ class Tool:
             try:
                 out[name] = TypeAdapter(hints[name]).validate_python(value)
             except ValidationError as e:
-                raise ValueError(f"{name}: {e.errors()[0]['msg']}") from None
+                error = e.errors()[0]
+                where = ".".join([name, *(str(part) for part in error["loc"])])
+                raise ValueError(f"{where}: {error['msg']}") from None
         missing = set(self.parameters.get("required", [])) - set(out)
         if missing:
             raise ValueError(f"missing {', '.join(sorted(missing))}")

@@ -22,7 +22,7 @@ import numpy as np
 
 from voicecore.tools import Tool
 
-MIN_GAIN = 1.5  # nats; chosen on the labelled set in benchmarks/tool_choice.py
+MIN_GAIN = 2.0  # nats; chosen on the labelled set in benchmarks/tool_choice.py
 BASELINE = "The user asks for anything."
 MAX_SEQUENCES = 16  # tools scored per batch, the baseline included
 MAX_STRING = 80  # characters per string argument: a small model can loop inside a string
@@ -48,6 +48,8 @@ class ToolChooser:
         self._ctx = LlamaContext(model=llama._model, params=params, verbose=False)
         self._batch = LlamaBatch(n_tokens=2048, embd=0, n_seq_max=MAX_SEQUENCES, verbose=False)
         self._vocab = llama.n_vocab()
+        self._systems: list[str] = []  # the system lines whose tokens the context holds
+        self._heads: list[tuple[int, np.ndarray]] = []  # per line: its token count, the last logits
 
     def choose(self, user_text: str, tools: Sequence[Tool]) -> Tool | None:
         if not tools or not user_text.strip():
@@ -68,29 +70,39 @@ class ToolChooser:
         return {t.name: s - scores[0] for s, t in zip(scores[1:], tools, strict=True)}
 
     def _score(self, user_text: str, systems: list[str]) -> list[float]:
-        """log P(user_text | each system line), summed over the words' tokens."""
+        """log P(user_text | each system line), summed over the words' tokens. The system lines'
+        tokens stay in the context between calls (one sequence each): only the words are read."""
         llama, batch = self._llama, self._batch
-        spans: list[tuple[int, int]] = []  # the words' first token's batch index, their count
-        words_all: list[list[int]] = []
+        if systems != self._systems:
+            self._read_systems(systems)
+        words = llama.tokenize(user_text.encode("utf-8"), add_bos=False, special=False)
         batch.reset()
-        for seq, system in enumerate(systems):
-            before, _ = self._render(system, user_text)
-            head = llama.tokenize(before.encode("utf-8"), add_bos=True, special=True)
-            words = llama.tokenize(user_text.encode("utf-8"), add_bos=False, special=False)
-            spans.append((batch.n_tokens() + len(head), len(words)))
-            words_all.append(words)
-            batch.add_sequence([*head, *words], seq, logits_all=True)
-        self._ctx.kv_cache_clear()
+        for seq, (length, _) in enumerate(self._heads):
+            _add(batch, words, seq, start=length)
         self._ctx.decode(batch)
         scores = []
-        for (first, count), words in zip(spans, words_all, strict=True):
-            total = 0.0
-            for k, token in enumerate(words[:count]):
-                row = self._logits(first + k - 1)  # the logits before each word token
-                top = row.max()
-                total += float(row[token] - top - np.log(np.exp(row - top).sum()))
-            scores.append(total)
+        for seq, (length, first) in enumerate(self._heads):
+            rows = [first, *(self._logits(seq * len(words) + k) for k in range(len(words) - 1))]
+            pairs = zip(rows, words, strict=True)
+            scores.append(float(sum(_log_softmax(row)[token] for row, token in pairs)))
+            self._ctx.kv_cache_seq_rm(seq, length, -1)  # the words go; the system line stays
         return scores
+
+    def _read_systems(self, systems: list[str]) -> None:
+        """Read each system line (and the template up to the user's words) into its sequence."""
+        llama, batch = self._llama, self._batch
+        self._ctx.kv_cache_clear()
+        heads = [
+            llama.tokenize(self._render(system, "")[0].encode("utf-8"), add_bos=True, special=True)
+            for system in systems
+        ]
+        batch.reset()
+        for seq, head in enumerate(heads):
+            _add(batch, head, seq, start=0)
+        self._ctx.decode(batch)
+        ends = np.cumsum([len(h) for h in heads]) - 1
+        self._heads = [(len(h), self._logits(int(end)).copy()) for h, end in zip(heads, ends, strict=True)]
+        self._systems = list(systems)
 
     def _logits(self, index: int) -> np.ndarray:
         pointer = self._ctx.get_logits_ith(index)
@@ -99,6 +111,24 @@ class ToolChooser:
     def close(self) -> None:
         self._batch.close()
         self._ctx.close()
+
+
+def _add(batch: Any, tokens: list[int], seq: int, start: int) -> None:
+    """Append `tokens` to `batch` for sequence `seq` at positions from `start`, logits for each."""
+    raw = batch.batch
+    for i, token in enumerate(tokens):
+        j = raw.n_tokens
+        raw.token[j] = token
+        raw.pos[j] = start + i
+        raw.seq_id[j][0] = seq
+        raw.n_seq_id[j] = 1
+        raw.logits[j] = True
+        raw.n_tokens += 1
+
+
+def _log_softmax(row: np.ndarray) -> np.ndarray:
+    shifted = row - row.max()
+    return shifted - np.log(np.exp(shifted).sum())
 
 
 def arguments_schema(tool: Tool) -> dict[str, Any]:
