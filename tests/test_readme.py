@@ -23,6 +23,10 @@ def test_library_example_runs(tmp_path: Path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "user:  What is the capital of France?" in result.stdout
     assert re.search(r"agent: .*Paris.*\(\d+\.\d ms\)", result.stdout), result.stdout
+    # the typed question, answered through the tool
+    assert "user:  What is the time right now?" in result.stdout
+    assert re.search(r"tool:  get_time -> \d\d:\d\d", result.stdout), result.stdout
+    assert len(re.findall(r"^agent: ", result.stdout, re.M)) == 2, result.stdout
 
 
 def test_readme_names_the_two_commands_and_ci_runs_the_test_one():
