@@ -94,7 +94,8 @@ async def test_a_slow_tool_gets_a_filler_then_the_answer(models, config, say):
         await asyncio.sleep(2.0)
         return "It is 14:05."
 
-    result = await talk(models, config, join(0.5, say("What is the time right now?")), agent=Agent(tools=[get_time]))
+    question = join(0.5, say("What is the time right now?"))
+    result = await talk(models, config, question, agent=Agent(tools=[get_time]))
     turn = result.turns[0]
     assert turn.agent_text.startswith(config.agent.filler), turn.agent_text
     assert len(words(turn.agent_text)) > len(words(config.agent.filler))  # then the answer
@@ -121,7 +122,8 @@ async def test_barge_in_during_a_tool_call_cancels_it_and_the_agent_listens(mode
     hooks = Recorder()
     session = Session(models, config, sink, hooks, agent=Agent(tools=[get_time]))
     try:
-        await feed(session, join(0.3, say("What is the time right now?")), until=lambda: hooks.spoken, max_seconds=20)
+        question = join(0.3, say("What is the time right now?"))
+        await feed(session, question, until=lambda: hooks.spoken, max_seconds=20)
         assert started.is_set() and hooks.spoken == [config.agent.filler]
         await feed(session, join(say("Stop, never mind."), 0.2))
         await asyncio.wait_for(cancelled.wait(), 2)

@@ -168,6 +168,9 @@ class LlamaCppEngine:
 
         if self._chooser is None:
             self._chooser = ToolChooser(self._llama, self._render_turn)
+        self._pick_threads()
+        # as many threads as a prompt gets now: two on a machine others keep busy cost ~20x
+        self._chooser.use_threads(self._threads_batch)
         chosen = self._chooser.choose(prompt[-1]["content"], tools)
         self._worker.progressed()
         if chosen is None:

@@ -25,6 +25,8 @@ from voicecore.tools import Tool
 MIN_GAIN = 2.5  # nats; chosen on the labelled set in benchmarks/tool_choice.py
 BASELINE = "The user asks for anything."
 MAX_SEQUENCES = 16  # tools scored per batch, the baseline included
+MAX_WORDS = 48  # tokens of the user's words scored: what they ask for is said by then
+MAX_DESCRIPTION = 240  # characters of a tool's description read (the batch holds 16 of them)
 MAX_STRING = 80  # characters per string argument: a small model can loop inside a string
 
 
@@ -39,8 +41,7 @@ class ToolChooser:
         self._llama = llama
         self._render = render
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = 2048
-        params.n_batch = params.n_ubatch = 2048
+        params.n_ctx = params.n_batch = params.n_ubatch = 2048  # 16 system lines and their words
         params.n_seq_max = MAX_SEQUENCES
         params.n_threads = params.n_threads_batch = llama.context_params.n_threads_batch
         if hasattr(params, "kv_unified"):
@@ -51,22 +52,23 @@ class ToolChooser:
         self._systems: list[str] = []  # the system lines whose tokens the context holds
         self._heads: list[tuple[int, np.ndarray]] = []  # per line: its token count, the last logits
 
+    def use_threads(self, threads: int) -> None:
+        self._ctx.set_n_threads(threads, threads)
+
     def choose(self, user_text: str, tools: Sequence[Tool]) -> Tool | None:
         if not tools or not user_text.strip():
             return None
         gains: list[tuple[float, Tool]] = []
         for start in range(0, len(tools), MAX_SEQUENCES - 1):
             group = tools[start : start + MAX_SEQUENCES - 1]
-            scores = self._score(
-                user_text, [BASELINE, *(f"The user asks for: {t.description}" for t in group)]
-            )
+            scores = self._score(user_text, [BASELINE, *(_asks_for(t) for t in group)])
             gains += [(score - scores[0], t) for score, t in zip(scores[1:], group, strict=True)]
         gain, best = max(gains, key=lambda g: g[0])
         return best if gain >= MIN_GAIN else None
 
     def gains(self, user_text: str, tools: Sequence[Tool]) -> dict[str, float]:
         """Each tool's gain (for the benchmark and the turn record)."""
-        scores = self._score(user_text, [BASELINE, *(f"The user asks for: {t.description}" for t in tools)])
+        scores = self._score(user_text, [BASELINE, *(_asks_for(t) for t in tools)])
         return {t.name: s - scores[0] for s, t in zip(scores[1:], tools, strict=True)}
 
     def _score(self, user_text: str, systems: list[str]) -> list[float]:
@@ -75,7 +77,7 @@ class ToolChooser:
         llama, batch = self._llama, self._batch
         if systems != self._systems:
             self._read_systems(systems)
-        words = llama.tokenize(user_text.encode("utf-8"), add_bos=False, special=False)
+        words = llama.tokenize(user_text.encode("utf-8"), add_bos=False, special=False)[:MAX_WORDS]
         batch.reset()
         for seq, (length, _) in enumerate(self._heads):
             _add(batch, words, seq, start=length)
@@ -111,6 +113,10 @@ class ToolChooser:
     def close(self) -> None:
         self._batch.close()
         self._ctx.close()
+
+
+def _asks_for(tool: Tool) -> str:
+    return f"The user asks for: {tool.description[:MAX_DESCRIPTION]}"
 
 
 def _add(batch: Any, tokens: list[int], seq: int, start: int) -> None:
