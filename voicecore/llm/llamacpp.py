@@ -39,7 +39,14 @@ from typing import Any
 from voicecore.config import LlmConfig
 from voicecore.errors import ConfigError
 from voicecore.llm.base import Message
-from voicecore.llm.tool_choice import ToolChooser, arguments_instruction, arguments_schema, parse_arguments
+from voicecore.llm.tool_choice import (
+    MAX_STRING,
+    ToolChooser,
+    arguments_instruction,
+    arguments_schema,
+    flat_fields,
+    parse_arguments,
+)
 from voicecore.llm.weights import fast_cpu_copy
 from voicecore.models import bundled_gguf
 from voicecore.scheduling import BACKGROUND, CRITICAL, Scheduler
@@ -164,8 +171,6 @@ class LlamaCppEngine:
     def _tool_call(self, prompt: list[dict[str, str]], tools: list[Tool]) -> ToolCall | None:
         """Worker thread: the tool the user's words ask for, with its arguments, or None (see
         voicecore.llm.tool_choice)."""
-        from llama_cpp import LlamaGrammar
-
         if self._chooser is None:
             self._chooser = ToolChooser(self._llama, self._render_turn)
         self._pick_threads()
@@ -177,23 +182,50 @@ class LlamaCppEngine:
             return None
         if not chosen.parameters.get("properties"):
             return ToolCall(chosen.name, {})
-        grammar = self._grammars.get(chosen.name)
-        if grammar is None:
-            schema = json.dumps(arguments_schema(chosen))
-            grammar = self._grammars[chosen.name] = LlamaGrammar.from_json_schema(schema, verbose=False)
         asked = [*prompt, {"role": "system", "content": arguments_instruction(chosen)}]
         self._contexts.switch_to(asked)
         self._pick_threads()
+        fields = flat_fields(chosen)
+        if fields is not None and self._template is not None:
+            text = self._flat_arguments(asked, fields)
+        else:
+            text = self._grammar_arguments(asked, chosen)
+        self._contexts.now_holds([*asked, {"role": "assistant", "content": text}])
+        arguments = parse_arguments(text)
+        return ToolCall(chosen.name, arguments) if arguments is not None else None
+
+    def _flat_arguments(self, asked: list[dict[str, str]], fields: list[tuple[str, str]]) -> str:
+        """Arguments that are all strings or numbers: the JSON around them is written here and
+        only each value generated, up to its closing quote (or the number's end). llama.cpp's
+        grammar sampler checks every token of the vocabulary at every step: ~10x slower."""
+        prompt = self._template(messages=asked).prompt + "{"
+        for n, (name, kind) in enumerate(fields):
+            prompt += f'{", " if n else ""}"{name}": ' + ('"' if kind == "string" else "")
+            out = self._llama.create_completion(
+                prompt,
+                max_tokens=MAX_STRING // 3 if kind == "string" else 12,
+                temperature=0.0,
+                stop=['"', "\n"] if kind == "string" else [",", "}", " ", "\n"],
+            )
+            value = str(out["choices"][0]["text"])[:MAX_STRING]  # type: ignore[index]
+            prompt += value.replace('"', "") + ('"' if kind == "string" else "")
+            self._worker.progressed()
+        return prompt[prompt.rindex("{") :] + "}"
+
+    def _grammar_arguments(self, asked: list[dict[str, str]], tool: Tool) -> str:
+        from llama_cpp import LlamaGrammar
+
+        grammar = self._grammars.get(tool.name)
+        if grammar is None:
+            schema = json.dumps(arguments_schema(tool))
+            grammar = self._grammars[tool.name] = LlamaGrammar.from_json_schema(schema, verbose=False)
         out = self._llama.create_chat_completion(
             messages=asked,  # type: ignore[arg-type]
             grammar=grammar,
             max_tokens=self.config.max_tokens,
             temperature=0.0,
         )
-        text = str(out["choices"][0]["message"]["content"] or "")  # type: ignore[index]
-        self._contexts.now_holds([*asked, {"role": "assistant", "content": text}])
-        arguments = parse_arguments(text)
-        return ToolCall(chosen.name, arguments) if arguments is not None else None
+        return str(out["choices"][0]["message"]["content"] or "")  # type: ignore[index]
 
     def _render_turn(self, system: str, user: str) -> tuple[str, str]:
         """The chat template's text before and after a user's words, under one system line."""

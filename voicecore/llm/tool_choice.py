@@ -153,6 +153,21 @@ def arguments_schema(tool: Tool) -> dict[str, Any]:
     return bound(tool.parameters)
 
 
+def flat_fields(tool: Tool) -> list[tuple[str, str]] | None:
+    """The required arguments, in order, with their JSON type, when each is a plain string,
+    integer or number and nothing else is required; None otherwise (the grammar writes those)."""
+    properties = tool.parameters.get("properties", {})
+    required = tool.parameters.get("required", list(properties))
+    fields = []
+    for name in required:
+        spec = properties.get(name, {})
+        kind = spec.get("type")
+        if kind not in ("string", "integer", "number") or set(spec) - {"type", "title", "description"}:
+            return None
+        fields.append((name, kind))
+    return fields or None
+
+
 def arguments_instruction(tool: Tool) -> str:
     return f"Call {tool.name} ({tool.description}) now: write its arguments as JSON."
 
