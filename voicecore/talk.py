@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from voicecore.agent import Agent
 from voicecore.audio.frames import FRAME_MS, AudioFrame, split_frames
 from voicecore.config import Config
 from voicecore.metrics import TurnRecord
@@ -94,12 +95,15 @@ async def talk(
     *,
     trailing_silence: float = 1.0,
     max_wait: float = 30.0,
+    agent: Agent | None = None,
 ) -> TalkResult:
-    """Feed `audio` (16 kHz) in real-time 20 ms frames, then silence until the agent is done."""
-    await models.warm_up(config.llm.system_prompt)
+    """Feed `audio` (16 kHz) in real-time 20 ms frames, then silence until the agent is done.
+    `agent`: its instructions and tools (default: the configured system prompt, no tools)."""
+    instructions = agent.instructions if agent is not None else None
+    await models.warm_up(instructions or config.llm.system_prompt)
     sink = RealtimeSink(config.audio.output_sample_rate)
     hooks = _Collect()
-    session = Session(models, config, sink, hooks)
+    session = Session(models, config, sink, hooks, agent=agent)
     frame_s = FRAME_MS / 1000
     silence = AudioFrame.silence(frame_s, audio.sample_rate)
     start = time.monotonic()

@@ -21,6 +21,7 @@ from typing import Any
 
 from livekit import rtc
 
+from voicecore.agent import Agent
 from voicecore.audio.frames import FRAME_MS, RECOGNITION_RATE
 from voicecore.config import Config
 from voicecore.metrics import TurnLog, TurnRecord
@@ -61,7 +62,9 @@ class RoomContext:
 class Conversation(SessionHooks):
     """One person in the room: their Session, their lane of the agent's voice, their transcripts."""
 
-    def __init__(self, room: RoomContext, participant: rtc.RemoteParticipant) -> None:
+    def __init__(
+        self, room: RoomContext, participant: rtc.RemoteParticipant, agent: Agent | None = None
+    ) -> None:
         self.room = room
         self.identity = participant.identity
         self.participant_sid = participant.sid
@@ -79,7 +82,9 @@ class Conversation(SessionHooks):
         self._reply: list[str] = []
         self.lane = room.voice.lane(self.identity)
         label = f"room {room.name}, {self.identity}"
-        self.session = Session(room.models, room.config, self.lane, hooks=self, room=room.name, label=label)
+        self.session = Session(
+            room.models, room.config, self.lane, hooks=self, room=room.name, label=label, agent=agent
+        )
         self._pump: asyncio.Task[None] | None = None
         self._greet: asyncio.Task[None] | None = None
         self._closed = False

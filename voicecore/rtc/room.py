@@ -1,6 +1,7 @@
 """voicecore in one LiveKit room: joins, publishes the agent's voice, serves every person.
 
     participant joins      -> a Conversation (conversation.py: their Session, transcripts, lane)
+                              with the agent the room's metadata asks for (agent.py: Agents)
     track_subscribed(mic)  -> that Conversation listens
     each Conversation's reply -> its VoiceLane -> AgentVoice (one rtc.AudioSource) -> the agent's track
 
@@ -34,6 +35,7 @@ from typing import Any
 
 from livekit import rtc
 
+from voicecore.agent import Agents
 from voicecore.config import Config
 from voicecore.metrics import TurnLog
 from voicecore.pipeline import Models
@@ -86,6 +88,8 @@ class AgentRoom:
         observer: Observer | None = None,
         rejoin: bool = False,
         creds: Credentials | None = None,
+        agents: Agents | None = None,
+        metadata: str = "",
     ) -> None:
         self.creds = creds  # to ask the server what the SDK does not say (tracks.py)
         self.models = models
@@ -95,6 +99,9 @@ class AgentRoom:
         self.rejoin_wanted = False  # closed because the server came back: join again at once
         self.url = ""
         self.observer = observer or Observer()
+        # Loaded once by whoever serves many rooms (serve_room, DispatchWorker); a room alone loads its own
+        self.agents = agents or Agents.load(config.agent)
+        self.metadata = metadata  # the dispatch's: {"agent": "tutor"}, as the room's own metadata
         self.turn_log = TurnLog(config.metrics.turn_log) if config.metrics.turn_log else None
         self.room = rtc.Room()
         self.name = ""
@@ -129,12 +136,17 @@ class AgentRoom:
         observer: Observer | None = None,
         rejoin: bool = False,
         creds: Credentials | None = None,
+        agents: Agents | None = None,
+        metadata: str = "",
     ) -> AgentRoom:
         """Join the room at `url` with `token`. `rejoin`: see `rejoin_wanted` (module docstring).
-        `creds`: the server's API key pair, to tell which of someone's microphones came first."""
+        `creds`: the server's API key pair, to tell which of someone's microphones came first.
+        `agents`: the default agent and the profiles (None: loaded from `config.agent`);
+        `metadata`: the dispatch's, which picks one as the room's own metadata does."""
         agent = cls(
-            models, config, leave_when_empty=leave_when_empty, observer=observer, rejoin=rejoin, creds=creds
-        )
+            models, config, leave_when_empty=leave_when_empty, observer=observer, rejoin=rejoin,
+            creds=creds, agents=agents, metadata=metadata,
+        )  # fmt: skip
         try:
             await agent._connect(url, token)
         except BaseException:
@@ -260,10 +272,12 @@ class AgentRoom:
             conversation = None
         if conversation is None and not self._closing:
             log.info("room %s: %s joined", self.name, participant.identity)
-            conversation = Conversation(self._context(), participant)
+            agent = self.agents.choose(self.room.metadata, self.metadata, where=f"room {self.name}")
+            conversation = Conversation(self._context(), participant, agent)
             self.conversations[participant.identity] = conversation
-            if self.config.livekit.greeting:
-                conversation.greet(self.config.livekit.greeting)
+            greeting = agent.greeting if agent.greeting is not None else self.config.livekit.greeting
+            if greeting:
+                conversation.greet(greeting)
             self.update_state()
         return conversation
 
