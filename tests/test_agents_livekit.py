@@ -1,4 +1,5 @@
-"""Per-room agents on a real LiveKit server, with the real models, as a frontend uses them: a
+"""Typed chat and per-room agents on a real LiveKit server, with the real models, as a frontend
+uses them: a message typed in LiveKit's chat (`sendText` on lk.chat) is answered aloud, and a
 room's metadata, its dispatch's, or the profile a browser named picks the agent its people get.
 """
 
@@ -9,6 +10,7 @@ import copy
 import datetime
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -19,7 +21,9 @@ from livekit import api
 from livekit_fixtures import LiveKitServer, listening, poll, reply_done
 
 from voicecore import Config, Models, load_agent
-from voicecore.rtc import DispatchWorker
+from voicecore.rtc import AgentRoom, DispatchWorker, agent_token
+from voicecore.rtc.chat import CHAT_TOPIC, MAX_CHARS
+from voicecore.rtc.transcription import ATTR_TRACK
 from voicecore.web.details import DetailsIssuer
 
 pytestmark = [
@@ -30,6 +34,10 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parent.parent
 TUTOR = str(ROOT / "examples" / "tutor.py")
 ASSISTANT = str(ROOT / "examples" / "assistant.py")
+LONG_SAY = (
+    "Here is a long story about the history of Paris, from a small island in the river to the "
+    "great city of today, with its bridges, its markets and its many famous churches."
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +48,56 @@ async def warm(models: Models, config: Config) -> Models:
 
 def _room_name(request: pytest.FixtureRequest) -> str:
     return re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:60]
+
+
+async def test_a_typed_question_is_answered_aloud_and_both_texts_are_transcribed(
+    livekit_server: LiveKitServer, warm: Models, config: Config, callers, request
+):
+    """The answer is spoken; the typed words and the answer are both on lk.transcription (the
+    typed ones as the person's, as their spoken words are). Typed while the agent speaks, a
+    message stops it where the person stopped hearing it; one far over the bound is cut."""
+    room = _room_name(request)
+    creds = livekit_server.creds
+    token = agent_token(creds, room, "vc")
+    agent = await asyncio.wait_for(AgentRoom.join(warm, config, creds.ws_url, token), 15)
+    try:
+        alice = callers("alice")
+        await asyncio.wait_for(alice.join(creds, room), 15)
+        await poll(partial(listening, alice), 10)
+        await alice.noticed()
+        question = "What is the capital of France?"
+        sent = time.monotonic()
+        await asyncio.wait_for(alice.room.local_participant.send_text(question, topic=CHAT_TOPIC), 10)
+        await reply_done(alice, finals=1)
+        await asyncio.sleep(0.3)
+
+        assert "paris" in words(alice.agent_finals()[0].text), alice.agent_finals()
+        heard = await transcribe(warm, alice.heard(since=sent))
+        assert "paris" in words(heard), heard
+        typed = [t for t in alice.transcripts if t.sender == "alice" and t.final]
+        assert [t.text for t in typed] == [question]
+        assert typed[0].attributes[ATTR_TRACK] == alice.mic_sid  # the person's, as spoken words are
+        session = agent.conversations["alice"].session
+        assert [m.content for m in session.history.turns][0] == question
+
+        # typed while the agent speaks: it stops at once, and the message is answered
+        saying = asyncio.ensure_future(session.say(LONG_SAY))
+        await poll(lambda: alice.state == "speaking", 10, step=0.02)
+        await asyncio.sleep(1.0)
+        await asyncio.wait_for(alice.room.local_participant.send_text("Thank you.", topic=CHAT_TOPIC), 10)
+        cut = await asyncio.wait_for(saying, 10)
+        assert cut and len(cut) < len(LONG_SAY) and LONG_SAY.startswith(cut), cut
+        await reply_done(alice, finals=3)
+        assert [t.text for t in alice.transcripts if t.sender == "alice" and t.final][-1] == "Thank you."
+
+        # a message far over the bound is cut, and still answered
+        long = "Please tell me about the weather. " + "x" * (3 * MAX_CHARS)
+        await asyncio.wait_for(alice.room.local_participant.send_text(long, topic=CHAT_TOPIC), 10)
+        await reply_done(alice, finals=4)
+        user_said = [m.content for m in session.history.turns][-2]
+        assert len(user_said) == MAX_CHARS and long.startswith(user_said)
+    finally:
+        await agent.aclose()
 
 
 @pytest.fixture

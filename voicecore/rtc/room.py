@@ -3,6 +3,7 @@
     participant joins      -> a Conversation (conversation.py: their Session, transcripts, lane)
                               with the agent the room's metadata asks for (agent.py: Agents)
     track_subscribed(mic)  -> that Conversation listens
+    lk.chat text stream    -> that Conversation answers the typed message (chat.py)
     each Conversation's reply -> its VoiceLane -> AgentVoice (one rtc.AudioSource) -> the agent's track
 
 Several people in a room: one `Conversation` (its own Session: VAD, turn state, history) per
@@ -39,6 +40,7 @@ from voicecore.agent import Agents
 from voicecore.config import Config
 from voicecore.metrics import TurnLog
 from voicecore.pipeline import Models
+from voicecore.rtc.chat import CHAT_TOPIC, read_chat
 from voicecore.rtc.conversation import Conversation, RoomContext
 from voicecore.rtc.observer import Observer
 from voicecore.rtc.tasks import Backoff, server_answers
@@ -109,6 +111,7 @@ class AgentRoom:
         self.outbox = Outbox("", on_failure=lambda: self.observer.on_error("send"))
         self._joined = False
         self.conversations: dict[str, Conversation] = {}
+        self._reading: set[str] = set()  # people whose typed message is being read
         self.state: AgentState | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._left = asyncio.Event()
@@ -122,6 +125,7 @@ class AgentRoom:
         self.room.on("disconnected", self._on_disconnected)
         self.room.on("reconnecting", self._on_reconnecting)
         self.room.on("reconnected", self._on_reconnected)
+        self.room.register_text_stream_handler(CHAT_TOPIC, self._on_chat)
         self._watch: asyncio.Task[None] | None = None
 
     @classmethod
@@ -227,6 +231,29 @@ class AgentRoom:
         conversation = self.conversations.get(participant.identity)
         if conversation is not None and conversation.participant_sid == participant.sid:
             conversation.remove_track(publication.sid)
+
+    def _on_chat(self, reader: rtc.TextStreamReader, sender: str) -> None:
+        """A typed message (LiveKit's chat: `sendText` on lk.chat), answered as a spoken turn is,
+        if it comes from a person the agent serves; one message read at a time per person."""
+        conversation = self.conversations.get(sender)
+        if conversation is None or sender in self._reading or self._closing:
+            why = (
+                "their last one is still being read" if sender in self._reading else "not someone served here"
+            )
+            log.info("room %s: typed message from %s ignored: %s", self.name, sender, why)
+            reader.close()  # unread, its subscription to the SDK's events would outlive it
+            return
+        self._reading.add(sender)
+
+        async def answer() -> None:
+            try:
+                text = await read_chat(reader, f"room {self.name}, {sender}")
+            finally:
+                self._reading.discard(sender)
+            if text and self.conversations.get(sender) is conversation:
+                conversation.typed(text)
+
+        self.spawn(answer(), f"chat-{sender}")
 
     def _on_disconnected(self, reason: int | None = None) -> None:
         log.info("room %s: disconnected (reason %s)", self.name, reason)
