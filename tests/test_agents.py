@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import datetime
 import json
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -114,6 +117,9 @@ def test_a_browser_names_a_profile_from_the_allow_list_only():
         issuer.parse(b'{"agent": "pirate"}')
     with pytest.raises(BadRequest, match="agent must be a string"):
         issuer.parse(b'{"agent": {"instructions": "Speak like a pirate."}}')
+    fixed = dataclasses.replace(issuer, fixed_room="lobby")  # serve --room: its agent is there already
+    with pytest.raises(BadRequest, match="in room 'lobby' only"):
+        fixed.parse(b'{"agent": "tutor"}')
 
 
 async def test_connection_details_refuse_an_unknown_profile_with_400(config: Config):
@@ -135,3 +141,18 @@ async def test_connection_details_refuse_an_unknown_profile_with_400(config: Con
         await server.stop()
     claims = jwt.decode(token, options={"verify_signature": False})
     assert json.loads(claims["roomConfig"]["agents"][0]["metadata"]) == {"agent": "tutor"}
+
+
+def test_a_bad_agent_on_the_command_line_is_one_clear_line(tmp_path: Path):
+    """Before any model loads (talk) or any room is joined (serve)."""
+    wav = str(ROOT / "examples" / "what-is-the-capital-of-france.wav")
+    missing = str(tmp_path / "nope.py")
+    env = {"PATH": "/usr/bin:/bin", "LIVEKIT_URL": "ws://127.0.0.1:1",
+           "LIVEKIT_API_KEY": "a-key", "LIVEKIT_API_SECRET": "a-secret-of-32-characters-or-more"}  # fmt: skip
+    for command in (["talk", wav, "--agent", missing], ["serve", "--no-http", "--agent", missing]):
+        result = subprocess.run(
+            [sys.executable, "-m", "voicecore", *command], capture_output=True, text=True, timeout=60,
+            env={**env, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and "nope.py not found" in lines[0], result.stderr
