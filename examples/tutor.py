@@ -42,12 +42,12 @@ def provide_example(concept: str) -> str:
     return f"No stored example for {concept}: give one from everyday life, in one sentence."
 
 
+# Short on purpose: with "...one small step at a time, and check that the student understood",
+# the bundled SmolLM2-135M answered "What is the capital of France?" in broken French. A bigger
+# model (llm.model) can take a longer prompt.
 agent = Agent(
     name="tutor",
-    instructions=(
-        "You are a patient tutor. Explain one small step at a time, in one or two short "
-        "sentences, and check that the student understood."
-    ),
+    instructions="You are a patient tutor. Explain simply, in one or two short sentences.",
     greeting="Hi, I am your tutor. What would you like to learn today?",
     tools=[check_understanding, provide_example],
 )
