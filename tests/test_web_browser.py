@@ -340,10 +340,8 @@ def test_livekit_components_from_another_origin(
     thinking -> speaking -> listening, the question as the person's transcript and "Paris" as the
     agent's (text streams), "Paris" in `useVoiceAssistant().agentTranscriptions` too (the legacy
     transcription packets older frontends read), and log no console error. A page on an origin
-    that is not listed cannot read a token.
-
-    Not checked: a typed chat message answered by the agent. The page has the starter's useChat
-    and its token may send data, but voicecore does not answer typed chat yet (a separate issue).
+    that is not listed cannot read a token. Then a question typed in the starter's chat box
+    (useChat: a text stream on lk.chat) is answered: "Tokyo" in the agent's transcript.
     """
     from selenium.webdriver.common.by import By
 
@@ -390,6 +388,23 @@ def test_livekit_components_from_another_origin(
         j = states.index("thinking", i)
         k = states.index("speaking", j)
         assert "listening" in states[k:], states
+
+        # typed in the chat box, answered aloud
+        typed = "What is the capital of Japan?"
+        driver.find_element(By.ID, "chat-input").send_keys(typed)
+        driver.find_element(By.ID, "chat-send").click()
+
+        def typed_answered() -> bool:
+            now = seen()
+            agent = [m for m in now["messages"] if m["type"] == "agentTranscript" and m["final"]]
+            return any("tokyo" in words(m["text"]) for m in agent) and now["states"][-1:] == ["listening"]
+
+        try:
+            wait_for(typed_answered, 60)
+        finally:
+            print(f"\nafter typing, the page saw: {seen()['messages']}")
+        chat = [m for m in seen()["messages"] if m["type"] == "chatMessage"]
+        assert [m["text"] for m in chat] == [typed], chat
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert not errors, errors
 

@@ -91,11 +91,20 @@ def talk(
     llm_model: Annotated[str | None, typer.Option(help="LLM: .gguf path or hub id.")] = None,
     stt_model: Annotated[str | None, typer.Option(help="Whisper: path or hub id.")] = None,
     voice: Annotated[str | None, typer.Option(help="Piper voice .onnx path.")] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option(
+            "--agent",
+            help="The agent: a Python file or module holding a voicecore.Agent "
+            "(examples/tutor.py, package.module:name).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Talk to the agent with a recording: it is fed in real time, then silence, through the
     whole pipeline. Prints what you said, what the agent answered, and the latency of each stage."""
     _logging(verbose)
+    from voicecore.agent import load_agent
     from voicecore.audio.wav import load_for_recognition, write_wav
     from voicecore.pipeline import load_models
     from voicecore.talk import talk as run_talk
@@ -103,14 +112,18 @@ def talk(
     try:
         cfg = _config(
             config,
-            **{"llm.engine": llm_engine, "llm.model": llm_model, "stt.model": stt_model, "tts.voice": voice},
-        )
+            **{
+                "llm.engine": llm_engine, "llm.model": llm_model, "stt.model": stt_model,
+                "tts.voice": voice, "agent.definition": agent,
+            },
+        )  # fmt: skip
+        definition = load_agent(cfg.agent.definition) if cfg.agent.definition else None
         audio = load_for_recognition(input)
         models = load_models(cfg)
     except VoicecoreError as e:
         _fail(e)
     try:
-        result = asyncio.run(run_talk(models, cfg, audio))
+        result = asyncio.run(run_talk(models, cfg, audio, agent=definition))
     finally:
         models.close()
     if out is not None:
@@ -286,6 +299,14 @@ def serve(
         bool,
         typer.Option("--no-turn-log", help="Save no turns, whatever the config file or environment says."),
     ] = False,
+    agent: Annotated[
+        str | None,
+        typer.Option(
+            "--agent",
+            help="The agent every room gets: a Python file or module holding a voicecore.Agent "
+            "(examples/tutor.py, package.module:name); rooms pick others from agent.profiles.",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Be the agent in LiveKit rooms until Ctrl-C: one room (--room), or every room LiveKit
@@ -321,6 +342,7 @@ def serve(
                 "stt.model": stt_model,
                 "tts.voice": voice,
                 "metrics.turn_log": str(turn_log) if turn_log else None,
+                "agent.definition": agent,
             },
         )
         hide(cfg.livekit.api_secret, cfg.http.api_key, os.environ.get("LIVEKIT_API_SECRET"))

@@ -1,5 +1,6 @@
 """`voicecore serve`, the whole process: the agent in LiveKit rooms and its HTTP side, on one loop.
 
+    agents load            the default agent and its profiles (a bad one stops here)
     HTTP up first          /healthz answers at once, /readyz says "the models are loading"
     models load            in a worker thread, then warm up; shared by every room
     the agent              a fixed room (`--room`) or a dispatch worker, until SIGINT/SIGTERM
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from voicecore import memory
+from voicecore.agent import Agents, profile_specs
 from voicecore.config import Config
 from voicecore.errors import ConfigError
 from voicecore.pipeline import Models
@@ -57,6 +59,7 @@ def web_context(
         agent_name=config.livekit.agent_name,
         fixed_room=options.room,
         client_room_names=http.client_room_names,
+        profiles=frozenset(profile_specs(config.agent.profiles)),
     )
     limiter = RateLimiter(http.rate_per_minute, http.rate_burst)
     return WebContext(policy, limiter, issuer, readiness, telemetry)
@@ -83,6 +86,7 @@ async def run(
             main.cancel()
         stop.set()
 
+    agents = Agents.load(config.agent)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     telemetry = Telemetry()
@@ -111,7 +115,7 @@ async def run(
         notify("loading models...")
         models = await asyncio.to_thread(load_models)
         try:
-            await models.warm_up(config.llm.system_prompt)
+            await models.warm_up(agents.default.instructions or config.llm.system_prompt)
             memory.freeze()  # what lives now lives for good: rooms' collections skip it
             readiness.models_ready = True
             if web is not None:
@@ -124,9 +128,11 @@ async def run(
                     _draining(stop)
                     or (None if room in readiness.rooms else f"the agent is not in room {room}")
                 )
-                await serve_room(models, config, creds, room, stop, notify, observer=observer)
+                await serve_room(models, config, creds, room, stop, notify, observer=observer, agents=agents)
             else:
-                worker = DispatchWorker(models, config, creds, notify=notify, observer=observer)
+                worker = DispatchWorker(
+                    models, config, creds, notify=notify, observer=observer, agents=agents
+                )
                 unregistered = "the agent worker is not registered with LiveKit"
                 readiness.agent_problem = lambda: (
                     _draining(stop) or (None if worker.registered.is_set() else unregistered)

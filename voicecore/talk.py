@@ -97,8 +97,10 @@ async def talk(
     max_wait: float = 30.0,
     agent: Agent | None = None,
 ) -> TalkResult:
-    """Feed `audio` (16 kHz) in real-time 20 ms frames, then silence until the agent is done."""
-    await models.warm_up(agent.instructions if agent and agent.instructions else config.llm.system_prompt)
+    """Feed `audio` (16 kHz) in real-time 20 ms frames, then silence until the agent is done.
+    `agent`: its instructions and tools (default: the configured system prompt, no tools)."""
+    instructions = agent.instructions if agent is not None else None
+    await models.warm_up(instructions or config.llm.system_prompt)
     sink = RealtimeSink(config.audio.output_sample_rate)
     hooks = _Collect()
     session = Session(models, config, sink, hooks, agent=agent)

@@ -1,6 +1,8 @@
 """One person in a room: their microphone in, the agent's answers to them out.
 
     track_subscribed(mic) -> rtc.AudioStream (16 kHz mono, 20 ms) -> from_rtc -> Session.push_audio
+    a typed message       -> Session.push_text (answered as a spoken turn; its text is published
+                             as the person's transcript, as their spoken words are)
     the Session's reply   -> this person's VoiceLane of the agent's voice
     SessionHooks          -> lk.transcription text streams, the room's lk.agent.state, metrics
 
@@ -21,6 +23,7 @@ from typing import Any
 
 from livekit import rtc
 
+from voicecore.agent import Agent
 from voicecore.audio.frames import FRAME_MS, RECOGNITION_RATE
 from voicecore.config import Config
 from voicecore.metrics import TurnLog, TurnRecord
@@ -61,7 +64,9 @@ class RoomContext:
 class Conversation(SessionHooks):
     """One person in the room: their Session, their lane of the agent's voice, their transcripts."""
 
-    def __init__(self, room: RoomContext, participant: rtc.RemoteParticipant) -> None:
+    def __init__(
+        self, room: RoomContext, participant: rtc.RemoteParticipant, agent: Agent | None = None
+    ) -> None:
         self.room = room
         self.identity = participant.identity
         self.participant_sid = participant.sid
@@ -79,7 +84,9 @@ class Conversation(SessionHooks):
         self._reply: list[str] = []
         self.lane = room.voice.lane(self.identity)
         label = f"room {room.name}, {self.identity}"
-        self.session = Session(room.models, room.config, self.lane, hooks=self, room=room.name, label=label)
+        self.session = Session(
+            room.models, room.config, self.lane, hooks=self, room=room.name, label=label, agent=agent
+        )
         self._pump: asyncio.Task[None] | None = None
         self._greet: asyncio.Task[None] | None = None
         self._closed = False
@@ -210,6 +217,15 @@ class Conversation(SessionHooks):
                 self.session.push_audio(from_rtc(event.frame))
         finally:
             await stream.aclose()
+
+    def typed(self, text: str) -> None:
+        """A message this person typed: answered now, interrupting the agent if it is speaking
+        (not once the agent is draining: no new turn starts then)."""
+        if self._deaf or self._closed:
+            log.info("room %s, %s: typed message ignored: shutting down", self.room.name, self.identity)
+            return
+        log.info("room %s, %s: typed message (%d characters)", self.room.name, self.identity, len(text))
+        self.session.push_text(text)
 
     # -- greeting ---------------------------------------------------------------------------------
     def greet(self, text: str) -> None:

@@ -1,7 +1,9 @@
 """voicecore in one LiveKit room: joins, publishes the agent's voice, serves every person.
 
     participant joins      -> a Conversation (conversation.py: their Session, transcripts, lane)
+                              with the agent the room's metadata asks for (agent.py: Agents)
     track_subscribed(mic)  -> that Conversation listens
+    lk.chat text stream    -> that Conversation answers the typed message (chat.py)
     each Conversation's reply -> its VoiceLane -> AgentVoice (one rtc.AudioSource) -> the agent's track
 
 Several people in a room: one `Conversation` (its own Session: VAD, turn state, history) per
@@ -34,9 +36,11 @@ from typing import Any
 
 from livekit import rtc
 
+from voicecore.agent import Agents
 from voicecore.config import Config
 from voicecore.metrics import TurnLog
 from voicecore.pipeline import Models
+from voicecore.rtc.chat import CHAT_TOPIC, read_chat
 from voicecore.rtc.conversation import Conversation, RoomContext
 from voicecore.rtc.observer import Observer
 from voicecore.rtc.tasks import Backoff, server_answers
@@ -86,6 +90,8 @@ class AgentRoom:
         observer: Observer | None = None,
         rejoin: bool = False,
         creds: Credentials | None = None,
+        agents: Agents | None = None,
+        metadata: str = "",
     ) -> None:
         self.creds = creds  # to ask the server what the SDK does not say (tracks.py)
         self.models = models
@@ -95,6 +101,9 @@ class AgentRoom:
         self.rejoin_wanted = False  # closed because the server came back: join again at once
         self.url = ""
         self.observer = observer or Observer()
+        # Loaded once by whoever serves many rooms (serve_room, DispatchWorker); a room alone loads its own
+        self.agents = agents or Agents.load(config.agent)
+        self.metadata = metadata  # the dispatch's: {"agent": "tutor"}, as the room's own metadata
         self.turn_log = TurnLog(config.metrics.turn_log) if config.metrics.turn_log else None
         self.room = rtc.Room()
         self.name = ""
@@ -102,6 +111,7 @@ class AgentRoom:
         self.outbox = Outbox("", on_failure=lambda: self.observer.on_error("send"))
         self._joined = False
         self.conversations: dict[str, Conversation] = {}
+        self._reading: set[str] = set()  # people whose typed message is being read
         self.state: AgentState | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._left = asyncio.Event()
@@ -115,6 +125,7 @@ class AgentRoom:
         self.room.on("disconnected", self._on_disconnected)
         self.room.on("reconnecting", self._on_reconnecting)
         self.room.on("reconnected", self._on_reconnected)
+        self.room.register_text_stream_handler(CHAT_TOPIC, self._on_chat)
         self._watch: asyncio.Task[None] | None = None
 
     @classmethod
@@ -129,12 +140,17 @@ class AgentRoom:
         observer: Observer | None = None,
         rejoin: bool = False,
         creds: Credentials | None = None,
+        agents: Agents | None = None,
+        metadata: str = "",
     ) -> AgentRoom:
         """Join the room at `url` with `token`. `rejoin`: see `rejoin_wanted` (module docstring).
-        `creds`: the server's API key pair, to tell which of someone's microphones came first."""
+        `creds`: the server's API key pair, to tell which of someone's microphones came first.
+        `agents`: the default agent and the profiles (None: loaded from `config.agent`);
+        `metadata`: the dispatch's, which picks one as the room's own metadata does."""
         agent = cls(
-            models, config, leave_when_empty=leave_when_empty, observer=observer, rejoin=rejoin, creds=creds
-        )
+            models, config, leave_when_empty=leave_when_empty, observer=observer, rejoin=rejoin,
+            creds=creds, agents=agents, metadata=metadata,
+        )  # fmt: skip
         try:
             await agent._connect(url, token)
         except BaseException:
@@ -216,6 +232,29 @@ class AgentRoom:
         if conversation is not None and conversation.participant_sid == participant.sid:
             conversation.remove_track(publication.sid)
 
+    def _on_chat(self, reader: rtc.TextStreamReader, sender: str) -> None:
+        """A typed message (LiveKit's chat: `sendText` on lk.chat), answered as a spoken turn is,
+        if it comes from a person the agent serves; one message read at a time per person."""
+        conversation = self.conversations.get(sender)
+        if conversation is None or sender in self._reading or self._closing:
+            why = (
+                "their last one is still being read" if sender in self._reading else "not someone served here"
+            )
+            log.info("room %s: typed message from %s ignored: %s", self.name, sender, why)
+            reader.close()  # unread, its subscription to the SDK's events would outlive it
+            return
+        self._reading.add(sender)
+
+        async def answer() -> None:
+            try:
+                text = await read_chat(reader, f"room {self.name}, {sender}")
+            finally:
+                self._reading.discard(sender)
+            if text and self.conversations.get(sender) is conversation:
+                conversation.typed(text)
+
+        self.spawn(answer(), f"chat-{sender}")
+
     def _on_disconnected(self, reason: int | None = None) -> None:
         log.info("room %s: disconnected (reason %s)", self.name, reason)
         if not self._closing:
@@ -260,10 +299,12 @@ class AgentRoom:
             conversation = None
         if conversation is None and not self._closing:
             log.info("room %s: %s joined", self.name, participant.identity)
-            conversation = Conversation(self._context(), participant)
+            agent = self.agents.choose(self.room.metadata, self.metadata, where=f"room {self.name}")
+            conversation = Conversation(self._context(), participant, agent)
             self.conversations[participant.identity] = conversation
-            if self.config.livekit.greeting:
-                conversation.greet(self.config.livekit.greeting)
+            greeting = agent.greeting if agent.greeting is not None else self.config.livekit.greeting
+            if greeting:
+                conversation.greet(greeting)
             self.update_state()
         return conversation
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from livekit import rtc
 
+from voicecore.agent import Agents
 from voicecore.config import Config
 from voicecore.pipeline import Models
 from voicecore.rtc.capacity import ConversationCount, default_capacity, drain_rooms
@@ -36,10 +37,13 @@ async def serve_room(
     stop: asyncio.Event,
     notify: Callable[[str], None] = print,
     observer: Observer | None = None,
+    agents: Agents | None = None,
 ) -> None:
     """Stay in `room` until `stop`: join, and join again if the connection is lost for good.
-    At `stop`, let the turns in progress finish (up to `livekit.drain_timeout`), then leave."""
+    At `stop`, let the turns in progress finish (up to `livekit.drain_timeout`), then leave.
+    `agents`: the default agent and the profiles (None: loaded from `config.agent`)."""
     identity = config.livekit.identity
+    agents = agents or Agents.load(config.agent)
     counter = ConversationCount(
         default_capacity(config), models.scheduler.conversations, notify
     )  # warns above capacity
@@ -49,8 +53,9 @@ async def serve_room(
         token = agent_token(creds, room, identity, config.livekit.agent_name)
         try:
             agent = await AgentRoom.join(
-                models, config, creds.ws_url, token, observer=observer, rejoin=True, creds=creds
-            )
+                models, config, creds.ws_url, token, observer=observer, rejoin=True, creds=creds,
+                agents=agents,
+            )  # fmt: skip
         except Exception as e:
             delay = retry.next()
             notify(f"could not join room {room} on {creds.ws_url} ({e}); retrying in {delay:.1f} s")
@@ -80,9 +85,10 @@ async def serve_dispatch(
     stop: asyncio.Event,
     notify: Callable[[str], None] = print,
     observer: Observer | None = None,
+    agents: Agents | None = None,
 ) -> None:
     """Register as an agent worker until `stop`, then leave every room and unregister."""
-    worker = DispatchWorker(models, config, creds, notify=notify, observer=observer)
+    worker = DispatchWorker(models, config, creds, notify=notify, observer=observer, agents=agents)
     await run_worker(worker, stop, notify)
 
 

@@ -134,13 +134,14 @@ def browser_token(
     name: str,
     ttl: datetime.timedelta,
     agent_name: str | None = None,
+    dispatch_metadata: str = "",
 ) -> str:
     """What a browser gets from /api/connection-details: join `room` only (no admin, create or
     list grants), publish a microphone (no camera or screen: the agent only listens) and data,
     hear the agent; for `ttl`. Data is what LiveKit's frontends send text with: the starters'
     chat box (`sendText` on `lk.chat`) and the pre-connect audio buffer livekit-client streams to
     the agent. With `agent_name`, creating the room dispatches that agent to it
-    (RoomConfiguration.agents)."""
+    (RoomConfiguration.agents), with `dispatch_metadata` as the job's metadata."""
     grants = api.VideoGrants(
         room_join=True,
         room=room,
@@ -157,7 +158,7 @@ def browser_token(
         .with_ttl(ttl)
     )
     if agent_name:
-        dispatch = api.RoomAgentDispatch(agent_name=agent_name)
+        dispatch = api.RoomAgentDispatch(agent_name=agent_name, metadata=dispatch_metadata)
         token = token.with_room_config(api.RoomConfiguration(agents=[dispatch]))
     return token.to_jwt()
 

@@ -55,6 +55,7 @@ from livekit.protocol import agent as proto
 from livekit.protocol import models as proto_models
 
 from voicecore import memory
+from voicecore.agent import Agents
 from voicecore.config import Config
 from voicecore.pipeline import Models
 from voicecore.rtc.capacity import ConversationCount, default_capacity, drain_rooms
@@ -93,6 +94,7 @@ class ConnectionLost(Exception):
 class Job:
     id: str
     room: str
+    metadata: str = ""  # the dispatch's ({"agent": "tutor"}: a profile for this room)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     agent: AgentRoom | None = None  # once joined
@@ -108,9 +110,13 @@ class DispatchWorker:
         creds: Credentials,
         notify: Callable[[str], None] = log.info,
         observer: Observer | None = None,
+        agents: Agents | None = None,
     ) -> None:
+        """`agents`: the default agent and the profiles rooms may ask for (None: loaded from
+        `config.agent` here, once for every room)."""
         self.models = models
         self.config = config
+        self.agents = agents or Agents.load(config.agent)
         self.creds = creds
         self.notify = notify
         self.agent_name = config.livekit.agent_name
@@ -310,7 +316,7 @@ class DispatchWorker:
             log.warning("agent worker: assignment for unknown job %s", assignment.job.id)
             return
         timer.cancel()
-        job = Job(assignment.job.id, assignment.job.room.name)
+        job = Job(assignment.job.id, assignment.job.room.name, assignment.job.metadata)
         if self._stopping:  # accepted just before the drain began: too late to serve it now
             self.notify(f"not joining room {job.room}: shutting down")
             refused = self._send_job_status(job, proto.JobStatus.JS_FAILED, "the worker is shutting down")
@@ -332,7 +338,7 @@ class DispatchWorker:
         try:
             agent = await AgentRoom.join(
                 self.models, self.config, url, token, leave_when_empty=True, observer=self.observer,
-                creds=self.creds,
+                creds=self.creds, agents=self.agents, metadata=job.metadata,
             )  # fmt: skip
             job.agent = agent
             await self._send_job_status(job, proto.JobStatus.JS_RUNNING)

@@ -9,6 +9,10 @@ call gets a fresh room, and the agent comes with it: in worker mode the token ca
 of this agent (RoomConfiguration.agents), so the room is created, and the agent sent, only when
 the person actually joins. With `serve --room NAME` the agent is already in NAME, and that is the
 only room handed out.
+
+`agent` names one of the operator's agent profiles (`agent.profiles`, the allow-list); it rides
+in the token's dispatch as its metadata, `{"agent": "tutor"}`, which the worker reads when it
+joins. Nothing else a browser sends reaches the agent's instructions.
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ import datetime
 import json
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from voicecore.rtc.token import Credentials, browser_token
 
 ROOM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_NAME = 64
-FIELDS = ("roomName", "participantName", "room_config", "room_name", "participant_name")
+FIELDS = ("roomName", "participantName", "room_config", "room_name", "participant_name", "agent")
 # LiveKit's TokenSourceRequest fields that voicecore does not take from a browser: it picks the
 # identity itself (a fresh one per token, so nobody can pose as another participant).
 REFUSED = ("participant_identity", "participant_metadata", "participant_attributes")
@@ -38,6 +42,7 @@ class BadRequest(ValueError):
 class DetailsRequest:
     room: str | None = None
     participant_name: str | None = None
+    agent: str | None = None  # an agent profile's name
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class DetailsIssuer:
     # Let the caller name the room (`http.client_room_names`). Off: a fresh room per call, so a
     # caller cannot get a token for someone else's existing room by guessing its name.
     client_room_names: bool = False
+    profiles: frozenset[str] = field(default_factory=frozenset)  # what `agent` may name
 
     def parse(self, body: bytes) -> DetailsRequest:
         """Validate the request body (empty, or a JSON object); `BadRequest` says what is wrong."""
@@ -86,20 +92,34 @@ class DetailsIssuer:
             if not 0 < len(name) <= MAX_NAME or not name.isprintable():
                 raise BadRequest(f"participantName: 1-{MAX_NAME} printable characters")
         self._check_room_config(data.get("room_config"))
-        return DetailsRequest(room, name)
+        return DetailsRequest(room, name, self._check_agent(_optional_str(data, "agent")))
 
     def issue(self, request: DetailsRequest) -> dict[str, str]:
         room = self.fixed_room or request.room or f"voicecore-{secrets.token_hex(6)}"
         identity = f"user-{secrets.token_hex(6)}"
         name = request.participant_name or "you"
         dispatch = None if self.fixed_room else self.agent_name
-        token = browser_token(self.creds, room, identity, name, self.ttl, agent_name=dispatch)
+        metadata = json.dumps({"agent": request.agent}) if request.agent else ""
+        token = browser_token(
+            self.creds, room, identity, name, self.ttl, agent_name=dispatch, dispatch_metadata=metadata
+        )
         return {
             "serverUrl": self.server_url,
             "roomName": room,
             "participantName": name,
             "participantToken": token,
         }
+
+    def _check_agent(self, agent: str | None) -> str | None:
+        if agent is None:
+            return None
+        if agent not in self.profiles:
+            known = ", ".join(sorted(self.profiles)) or "none"
+            raise BadRequest(f"agent: no profile {agent[:64]!r} on this server (profiles: {known})")
+        if self.fixed_room is not None:
+            # the agent is already in that room, with the agent its metadata chose
+            raise BadRequest(f"agent: this server's agent is in room {self.fixed_room!r} only, as it is")
+        return agent
 
     def _check_room_config(self, config: Any) -> None:
         if config is None:

@@ -6,7 +6,7 @@
 //
 // Query parameters: endpoint (the token endpoint's URL), agent (the agent name to dispatch), key
 // (optional: sent as X-Voicecore-Key, a header that makes the browser ask CORS first).
-import { useEffect, useMemo, useRef } from 'react';
+import { useEffect, useMemo, useRef, useState } from 'react';
 import { createRoot } from 'react-dom/client';
 import { TokenSource } from 'livekit-client';
 import {
@@ -46,7 +46,8 @@ function Conversation() {
   const session = useSessionContext();
   const { state } = useAgent();
   const { messages } = useSessionMessages(session);
-  const { send } = useChat(); // the starter's chat box; voicecore does not answer typed chat yet
+  const { send } = useChat(); // the starter's chat box (a text stream on lk.chat)
+  const [draft, setDraft] = useState('');
   const { agentTranscriptions } = useVoiceAssistant(); // older frontends: legacy packets
   const error = useRef(null);
 
@@ -54,6 +55,12 @@ function Conversation() {
     const states = window.__compat.states;
     if (states[states.length - 1] !== state) states.push(state);
   }, [state]);
+
+  const submit = (event) => {
+    event.preventDefault();
+    send(draft).catch((e) => console.error('chat send failed', e));
+    setDraft('');
+  };
 
   const start = () =>
     session.start().catch((e) => {
@@ -71,6 +78,10 @@ function Conversation() {
       </button>
       <p id="state" data-state={state}>{state}</p>
       <p id="chat-ready" data-ready={String(typeof send === 'function')} />
+      <form id="chat" onSubmit={submit}>
+        <input id="chat-input" value={draft} onChange={(e) => setDraft(e.target.value)} />
+        <button id="chat-send" type="submit">Send</button>
+      </form>
       <p id="error" ref={error} />
       <ul id="messages">
         {messages.map((m) => (
