@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from voicecore.errors import ConfigError
@@ -31,6 +31,17 @@ class Agent:
     before_llm: BeforeLlm | None = None  # sees each user turn before the LLM does; returns its text
     after_reply: AfterReply | None = None  # each answered turn, once its reply has played
     name: str = "default"
+
+
+def with_tools(agent: Agent, tools: Sequence[Tool]) -> Agent:
+    """`agent` with `tools` (an MCP server's, say) after its own; a name both have is a
+    ConfigError (the model calls a tool by its name: one of the two could never be called)."""
+    if not tools:
+        return agent
+    own = {t.name for t in agent.tools}
+    if clash := sorted(own & {t.name for t in tools}):
+        raise ConfigError(f"agent {agent.name}: tools {', '.join(clash)} would be there twice")
+    return replace(agent, tools=[*agent.tools, *tools])
 
 
 def load_agent(spec: str) -> Agent:
