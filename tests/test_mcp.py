@@ -118,21 +118,23 @@ async def test_tools_of_a_stdio_server_are_called_and_the_server_ends_with_them(
 
 async def test_a_server_that_fails_or_does_not_answer_is_a_config_error_naming_it(tmp_path):
     command, _, pids = orders_server(tmp_path)
+    with pytest.raises(ConfigError, match="MCP server 'no-such-mcp-server --port 1' could not be used"):
+        async with McpServers([command, "no-such-mcp-server --port 1"]):
+            pass
+    assert len(pids.read_text().split()) == 1 and running(pids) == []  # the one opened is closed
+
     silent = tmp_path / "silent_server.py"
     silent.write_text(
         f"import os, time\nopen({str(pids)!r}, 'a').write(f'{{os.getpid()}}\\n')\ntime.sleep(60)\n"
     )
     start = time.monotonic()
     with pytest.raises(ConfigError, match=r"MCP server '.*silent_server\.py' did not start .* within 1 s"):
-        async with McpServers([command, f"{sys.executable} {silent}"], connect_timeout=1):
+        async with McpServers(f"{sys.executable} {silent}", connect_timeout=1):
             pass
     # bounded: 1 s to give up, then the SDK's shutdown (stdin closed, 2 s, SIGTERM)
     assert time.monotonic() - start < 8
-    assert len(pids.read_text().split()) == 2 and running(pids) == []  # the good one closed too
+    assert len(pids.read_text().split()) == 2 and running(pids) == []
 
-    with pytest.raises(ConfigError, match="MCP server 'no-such-mcp-server --port 1' could not be used"):
-        async with McpServers("no-such-mcp-server --port 1"):
-            pass
     with pytest.raises(ConfigError, match=r"MCP server '.*' could not be used: Connection closed"):
         async with McpServers(f"{sys.executable} {tmp_path / 'missing.py'}"):
             pass
