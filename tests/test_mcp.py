@@ -1,18 +1,23 @@
 """Tools from MCP servers: a real MCP server (the official SDK's MCPServer, run as a child
-process over stdio, and over streamable HTTP) whose tools the agent calls, on the bundled models."""
+process over stdio, and over streamable HTTP) whose tools the agent calls, on the bundled models,
+in a Session and in a room of `voicecore serve`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
+from livekit_fixtures import LiveKitServer, listening, poll, reply_done
+from serve_process import ServeProcesses
 
 from voicecore import Agent, RealtimeSink, Session, SessionHooks
 from voicecore.agent import with_tools
@@ -228,3 +233,56 @@ async def test_the_agent_asks_an_mcp_server_and_says_its_answer(models, config, 
     # does after a @voicecore.tool's result)
     assert len(hooks.turns) == 1 and "shipped" in hooks.turns[0].agent_text.lower(), hooks.turns
     assert running(pids) == []
+
+
+# -- voicecore serve -------------------------------------------------------------------------------
+def serve_env(livekit_server: LiveKitServer, mcp_servers: str) -> dict[str, str]:
+    creds = livekit_server.creds
+    return {
+        "LIVEKIT_URL": creds.ws_url,
+        "LIVEKIT_API_KEY": creds.api_key,
+        "LIVEKIT_API_SECRET": creds.api_secret,
+        "VOICECORE_AGENT_MCP_SERVERS": mcp_servers,
+    }
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+async def test_serve_stops_at_once_naming_a_server_that_fails(
+    livekit_server: LiveKitServer, serve_processes: ServeProcesses, tmp_path: Path
+):
+    command, _, pids = orders_server(tmp_path)
+    env = serve_env(livekit_server, f"{command}; no-such-mcp-server")
+    serve = serve_processes(["--dev", "--room", "mcp-fails", "--no-http"], env, tmp_path / "serve.log")
+    start = time.monotonic()
+    await serve.start()
+    assert await asyncio.wait_for(serve.proc.wait(), 60) == 2
+    assert "MCP server 'no-such-mcp-server' could not be used" in serve.output()
+    assert "loading models" not in serve.output()  # before the models, not after a minute of them
+    print(f"\nserve exited {time.monotonic() - start:.1f} s after it started")
+    assert running(pids) == []
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+async def test_serve_gives_every_room_the_tools_of_its_mcp_servers(
+    livekit_server: LiveKitServer, serve_processes: ServeProcesses, callers, say, tmp_path: Path
+):
+    command, calls, pids = orders_server(tmp_path, options="--lookup-only")
+    env = serve_env(livekit_server, command)
+    serve = serve_processes(["--dev", "--room", "mcp-orders", "--no-http"], env, tmp_path / "serve.log")
+    await serve.start()
+    await serve.wait_for("joined room mcp-orders")
+    assert "tools from MCP servers: lookup_order" in serve.output()
+    caller = callers("alice")
+    await asyncio.wait_for(caller.join(livekit_server.creds, "mcp-orders"), 15)
+    await poll(partial(listening, caller), 15)
+    await caller.speak(say("Where is my order 1234?"))
+    await reply_done(caller, finals=1)
+    # the room's agent called the server's tool once; what it wrote for the order id is the small
+    # model's (from Whisper's "Where is my order 1234?" SmolLM2-135M writes "{{order_id}}"; the
+    # typed words of test_the_agent_asks_an_mcp_server_and_says_its_answer give 1234)
+    heard = [t.text for t in caller.transcripts if t.final]
+    print(f"\nlookups {calls.read_text().split()}; transcripts {heard}")
+    assert len(calls.read_text().split()) == 1, (serve.output()[-3000:], heard)
+    assert await serve.stop(signal.SIGTERM) == 0
+    assert running(pids) == []  # serve closed its MCP server on the way out

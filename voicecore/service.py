@@ -1,11 +1,13 @@
 """`voicecore serve`, the whole process: the agent in LiveKit rooms and its HTTP side, on one loop.
 
     HTTP up first          /healthz answers at once, /readyz says "the models are loading"
+    MCP servers            started or connected to; their tools are every agent's (voicecore.mcp)
     models load            in a worker thread, then warm up; shared by every room
     the agent              a fixed room (`--room`) or a dispatch worker, until SIGINT/SIGTERM
     shutdown               drain (no new rooms or turns; turns in progress finish, up to
                            livekit.drain_timeout; /readyz says so), leave the rooms, stop HTTP,
-                           free the models; a second signal cuts the drain short
+                           free the models, close the MCP servers; a second signal cuts the
+                           drain short
 
 Telemetry (Prometheus) and readiness watch the rooms through one `rtc.Observer`.
 """
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from voicecore import memory
 from voicecore.config import Config
 from voicecore.errors import ConfigError
+from voicecore.mcp import McpServers
 from voicecore.pipeline import Models
 from voicecore.rtc.observer import Observers
 from voicecore.rtc.serve import run_worker, serve_room
@@ -90,6 +93,7 @@ async def run(
     observer = Observers([telemetry, readiness])
     web: WebServer | None = None
     page = ""
+    mcp = McpServers(config.agent.mcp_servers)
     try:
         if config.http.enabled:
             app = build_app(web_context(config, creds, options, telemetry, readiness))
@@ -108,6 +112,9 @@ async def run(
                     "VOICECORE_HTTP_API_KEY is not set: anyone who can open the page can talk to the agent"
                 )
         await check_credentials(creds)  # a wrong key pair: one line now, not retries forever
+        tools = await mcp.open()  # before the models: a server that fails stops start-up at once
+        if tools:
+            notify(f"tools from MCP servers: {', '.join(t.name for t in tools)}")
         notify("loading models...")
         models = await asyncio.to_thread(load_models)
         try:
@@ -124,9 +131,9 @@ async def run(
                     _draining(stop)
                     or (None if room in readiness.rooms else f"the agent is not in room {room}")
                 )
-                await serve_room(models, config, creds, room, stop, notify, observer=observer)
+                await serve_room(models, config, creds, room, stop, notify, observer=observer, tools=tools)
             else:
-                worker = DispatchWorker(models, config, creds, notify=notify, observer=observer)
+                worker = DispatchWorker(models, config, creds, notify=notify, observer=observer, tools=tools)
                 unregistered = "the agent worker is not registered with LiveKit"
                 readiness.agent_problem = lambda: (
                     _draining(stop) or (None if worker.registered.is_set() else unregistered)
@@ -135,6 +142,7 @@ async def run(
         finally:
             await asyncio.to_thread(models.close)
     finally:
+        await mcp.aclose()
         if web is not None:
             await web.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):

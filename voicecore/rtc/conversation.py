@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from livekit import rtc
 
+from voicecore.agent import Agent, with_tools
 from voicecore.audio.frames import FRAME_MS, RECOGNITION_RATE
 from voicecore.config import Config
 from voicecore.metrics import TurnLog, TurnRecord
@@ -31,6 +32,7 @@ from voicecore.rtc.tracks import VoiceTracks, publication_stamps
 from voicecore.rtc.transcription import Outbox, TranscriptStream, post_turn_metrics
 from voicecore.rtc.voice import AgentVoice, from_rtc
 from voicecore.session import Session, SessionHooks
+from voicecore.tools import Tool
 from voicecore.turn.state import AgentState
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class RoomContext:
     update_state: Callable[[], None]  # a conversation's state changed
     present: Callable[[str], bool]  # a participant session (sid) is still in the room
     creds: Credentials | None = None  # the server's API key: which microphone came first (tracks.py)
+    tools: Sequence[Tool] = ()  # the agent's besides its own (an MCP server's)
 
 
 class Conversation(SessionHooks):
@@ -79,7 +82,10 @@ class Conversation(SessionHooks):
         self._reply: list[str] = []
         self.lane = room.voice.lane(self.identity)
         label = f"room {room.name}, {self.identity}"
-        self.session = Session(room.models, room.config, self.lane, hooks=self, room=room.name, label=label)
+        agent = with_tools(Agent(), room.tools)
+        self.session = Session(
+            room.models, room.config, self.lane, hooks=self, room=room.name, label=label, agent=agent
+        )
         self._pump: asyncio.Task[None] | None = None
         self._greet: asyncio.Task[None] | None = None
         self._closed = False

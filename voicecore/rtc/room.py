@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from livekit import rtc
@@ -44,6 +44,7 @@ from voicecore.rtc.token import Credentials
 from voicecore.rtc.tracks import is_voice
 from voicecore.rtc.transcription import Outbox
 from voicecore.rtc.voice import AgentVoice
+from voicecore.tools import Tool
 from voicecore.turn.state import AgentState
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,10 @@ class AgentRoom:
         observer: Observer | None = None,
         rejoin: bool = False,
         creds: Credentials | None = None,
+        tools: Sequence[Tool] = (),
     ) -> None:
         self.creds = creds  # to ask the server what the SDK does not say (tracks.py)
+        self.tools = tools  # the agent's besides its own (an MCP server's)
         self.models = models
         self.config = config
         self.leave_when_empty = leave_when_empty
@@ -129,12 +132,15 @@ class AgentRoom:
         observer: Observer | None = None,
         rejoin: bool = False,
         creds: Credentials | None = None,
+        tools: Sequence[Tool] = (),
     ) -> AgentRoom:
         """Join the room at `url` with `token`. `rejoin`: see `rejoin_wanted` (module docstring).
-        `creds`: the server's API key pair, to tell which of someone's microphones came first."""
+        `creds`: the server's API key pair, to tell which of someone's microphones came first.
+        `tools`: the agent's besides its own (an MCP server's)."""
         agent = cls(
-            models, config, leave_when_empty=leave_when_empty, observer=observer, rejoin=rejoin, creds=creds
-        )
+            models, config, leave_when_empty=leave_when_empty, observer=observer, rejoin=rejoin,
+            creds=creds, tools=tools,
+        )  # fmt: skip
         try:
             await agent._connect(url, token)
         except BaseException:
@@ -272,6 +278,7 @@ class AgentRoom:
             name=self.name, models=self.models, config=self.config, local=self.room.local_participant,
             voice=self.voice, outbox=self.outbox, observer=self.observer, turn_log=self.turn_log,
             spawn=self.spawn, update_state=self.update_state, present=self._present, creds=self.creds,
+            tools=self.tools,
         )  # fmt: skip
 
     def _present(self, participant_sid: str) -> bool:

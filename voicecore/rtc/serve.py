@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from livekit import rtc
 
@@ -26,6 +26,7 @@ from voicecore.rtc.room import REJOIN_MAX, AgentRoom
 from voicecore.rtc.tasks import Backoff, wait_first
 from voicecore.rtc.token import Credentials, agent_token
 from voicecore.rtc.worker import RECONNECT_MIN, DispatchWorker
+from voicecore.tools import Tool
 
 
 async def serve_room(
@@ -36,9 +37,11 @@ async def serve_room(
     stop: asyncio.Event,
     notify: Callable[[str], None] = print,
     observer: Observer | None = None,
+    tools: Sequence[Tool] = (),
 ) -> None:
     """Stay in `room` until `stop`: join, and join again if the connection is lost for good.
-    At `stop`, let the turns in progress finish (up to `livekit.drain_timeout`), then leave."""
+    At `stop`, let the turns in progress finish (up to `livekit.drain_timeout`), then leave.
+    `tools`: the agent's besides its own (an MCP server's)."""
     identity = config.livekit.identity
     counter = ConversationCount(
         default_capacity(config), models.scheduler.conversations, notify
@@ -49,7 +52,7 @@ async def serve_room(
         token = agent_token(creds, room, identity, config.livekit.agent_name)
         try:
             agent = await AgentRoom.join(
-                models, config, creds.ws_url, token, observer=observer, rejoin=True, creds=creds
+                models, config, creds.ws_url, token, observer=observer, rejoin=True, creds=creds, tools=tools
             )
         except Exception as e:
             delay = retry.next()

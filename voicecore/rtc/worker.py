@@ -47,7 +47,7 @@ import logging
 import random
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -62,6 +62,7 @@ from voicecore.rtc.observer import Observer, Observers
 from voicecore.rtc.room import AgentRoom
 from voicecore.rtc.tasks import wait_first
 from voicecore.rtc.token import Credentials, worker_token
+from voicecore.tools import Tool
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,10 @@ class DispatchWorker:
         creds: Credentials,
         notify: Callable[[str], None] = log.info,
         observer: Observer | None = None,
+        tools: Sequence[Tool] = (),
     ) -> None:
         self.models = models
+        self.tools = tools  # the agent's besides its own (an MCP server's)
         self.config = config
         self.creds = creds
         self.notify = notify
@@ -332,7 +335,7 @@ class DispatchWorker:
         try:
             agent = await AgentRoom.join(
                 self.models, self.config, url, token, leave_when_empty=True, observer=self.observer,
-                creds=self.creds,
+                creds=self.creds, tools=self.tools,
             )  # fmt: skip
             job.agent = agent
             await self._send_job_status(job, proto.JobStatus.JS_RUNNING)
