@@ -121,6 +121,18 @@ async def test_tools_of_a_stdio_server_are_called_and_the_server_ends_with_them(
     assert running(pids) == []
 
 
+async def test_a_server_that_dies_gives_the_model_an_error_at_once(tmp_path):
+    command, _, pids = orders_server(tmp_path)
+    async with McpServers(command) as tools:
+        [pid] = running(pids)
+        os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.5)  # the loop carries on: the connection's tasks end quietly
+        result = await tools[0](ToolCall("lookup_order", {"order_id": "1234"}), limit=5)
+        assert result.error == "raised" and result.seconds < 1, result
+        assert result.content == "error: lookup_order failed: Connection closed"
+    assert running(pids) == []
+
+
 async def test_a_server_that_fails_or_does_not_answer_is_a_config_error_naming_it(tmp_path):
     command, _, pids = orders_server(tmp_path)
     with pytest.raises(ConfigError, match="MCP server 'no-such-mcp-server --port 1' could not be used"):
