@@ -40,7 +40,10 @@ def with_tools(agent: Agent, tools: Sequence[Tool]) -> Agent:
         return agent
     own = {t.name for t in agent.tools}
     if clash := sorted(own & {t.name for t in tools}):
-        raise ConfigError(f"agent {agent.name}: tools {', '.join(clash)} would be there twice")
+        raise ConfigError(
+            f"agent {agent.name!r} has a tool named {', '.join(clash)} and is given another (an MCP "
+            "server's?): the model could call only one of them"
+        )
     return replace(agent, tools=[*agent.tools, *tools])
 
 

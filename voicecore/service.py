@@ -93,7 +93,7 @@ async def run(
     observer = Observers([telemetry, readiness])
     web: WebServer | None = None
     page = ""
-    mcp = McpServers(config.agent.mcp_servers)
+    mcp_servers = McpServers(config.agent.mcp_servers)
     try:
         if config.http.enabled:
             app = build_app(web_context(config, creds, options, telemetry, readiness))
@@ -112,7 +112,7 @@ async def run(
                     "VOICECORE_HTTP_API_KEY is not set: anyone who can open the page can talk to the agent"
                 )
         await check_credentials(creds)  # a wrong key pair: one line now, not retries forever
-        tools = await mcp.open()  # before the models: a server that fails stops start-up at once
+        tools = await mcp_servers.open()  # before the models: a server that fails stops start-up at once
         if tools:
             notify(f"tools from MCP servers: {', '.join(t.name for t in tools)}")
         notify("loading models...")
@@ -142,7 +142,7 @@ async def run(
         finally:
             await asyncio.to_thread(models.close)
     finally:
-        await mcp.aclose()
+        await mcp_servers.aclose()
         if web is not None:
             await web.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
