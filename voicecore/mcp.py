@@ -38,6 +38,7 @@ from voicecore.tools import Tool
 if TYPE_CHECKING:
     from mcp import Client
     from mcp.types import CallToolResult
+    from mcp.types import Tool as McpTool
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,8 @@ def _transport(server: str) -> Any:
     return StdioServerParameters(command=command, args=args)
 
 
-async def _list_tools(client: Client) -> list[Any]:
-    tools: list[Any] = []
+async def _list_tools(client: Client) -> list[McpTool]:
+    tools: list[McpTool] = []
     cursor: str | None = None
     for _ in range(MAX_PAGES):
         page = await client.list_tools(cursor=cursor)
@@ -161,9 +162,9 @@ async def _list_tools(client: Client) -> list[Any]:
     return tools
 
 
-def _tool(client: Client, listed: Any) -> Tool:
+def _tool(client: Client, listed: McpTool) -> Tool:
     """A voicecore Tool that calls `listed` (an MCP tool description) on `client`."""
-    name: str = listed.name
+    name = listed.name
 
     async def call(**arguments: Any) -> str:
         result = await client.call_tool(name, arguments)
