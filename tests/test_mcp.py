@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from livekit_fixtures import LiveKitServer, listening, poll, reply_done
+from livekit_fixtures import LiveKitServer, dispatch, listening, poll, reply_done
 from serve_process import ServeProcesses
 
 from voicecore import Agent, RealtimeSink, Session, SessionHooks
@@ -24,6 +25,7 @@ from voicecore.agent import with_tools
 from voicecore.errors import ConfigError
 from voicecore.mcp import McpServers, label
 from voicecore.metrics import TurnRecord
+from voicecore.rtc.worker import DispatchWorker
 from voicecore.tools import Tool, ToolCall, ToolResult
 
 # argv: calls-file pid-file [--lookup-only] [streamable HTTP port]; without a port it speaks on
@@ -298,3 +300,29 @@ async def test_serve_gives_every_room_the_tools_of_its_mcp_servers(
     assert len(calls.read_text().split()) == 1, (serve.output()[-3000:], heard)
     assert await serve.stop(signal.SIGTERM) == 0
     assert running(pids) == []  # serve closed its MCP server on the way out
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
+async def test_a_dispatch_worker_gives_the_rooms_it_takes_the_tools(
+    livekit_server: LiveKitServer, models, config, callers, tmp_path: Path
+):
+    command, _, pids = orders_server(tmp_path, options="--lookup-only")
+    config = copy.deepcopy(config)
+    config.livekit.agent_name = "vc-mcp-dispatch"
+    async with McpServers(command) as tools:
+        worker = DispatchWorker(models, config, livekit_server.creds, tools=tools)
+        running_worker = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(worker.registered.wait(), 10)
+            await dispatch(livekit_server, worker.agent_name, "mcp-dispatched")
+            caller = callers("bob")
+            await asyncio.wait_for(caller.join(livekit_server.creds, "mcp-dispatched"), 15)
+            await poll(partial(listening, caller), 15)
+            [job] = worker.jobs.values()
+            assert job.agent is not None
+            session = job.agent.conversations["bob"].session
+            assert [t.name for t in session.agent.tools] == ["lookup_order"]
+        finally:
+            await asyncio.wait_for(worker.aclose(), 15)
+            await asyncio.wait_for(running_worker, 10)
+    assert running(pids) == []
