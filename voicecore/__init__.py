@@ -11,13 +11,14 @@ Embedding the pipeline::
     session.push_audio(AudioFrame(samples_int16, 16000))   # 20 ms at a time
 """
 
-from voicecore.agent import Agent, load_agent
+from voicecore.agent import Agent, load_agent, with_tools
 from voicecore.audio.frames import FRAME_MS, AudioFrame, split_frames
 from voicecore.audio.wav import load_for_recognition, read_wav, write_wav
 from voicecore.config import Config, load_config
 from voicecore.errors import AudioFormatError, ConfigError, VoicecoreError
 from voicecore.llm.base import LLMEngine, Message
 from voicecore.llm.history import ChatHistory
+from voicecore.mcp import McpServers
 from voicecore.metrics import TurnRecord
 from voicecore.pipeline import Models, load_models
 from voicecore.session import AudioSink, Session, SessionHooks
@@ -45,6 +46,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "LLMEngine",
+    "McpServers",
     "Message",
     "Models",
     "RealtimeSink",
@@ -62,5 +64,6 @@ __all__ = [
     "split_frames",
     "talk",
     "tool",
+    "with_tools",
     "write_wav",
 ]

@@ -18,7 +18,7 @@ import logging
 import re
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from voicecore.config import AgentConfig
@@ -44,6 +44,20 @@ class Agent:
     before_llm: BeforeLlm | None = None  # sees each user turn before the LLM does; returns its text
     after_reply: AfterReply | None = None  # each answered turn, once its reply has played
     name: str = "default"
+
+
+def with_tools(agent: Agent, tools: Sequence[Tool]) -> Agent:
+    """`agent` with `tools` (an MCP server's, say) after its own; a name both have is a
+    ConfigError (the model calls a tool by its name: one of the two could never be called)."""
+    if not tools:
+        return agent
+    own = {t.name for t in agent.tools}
+    if clash := sorted(own & {t.name for t in tools}):
+        raise ConfigError(
+            f"agent {agent.name!r} has a tool named {', '.join(clash)} and is given another (an MCP "
+            "server's?): the model could call only one of them"
+        )
+    return replace(agent, tools=[*agent.tools, *tools])
 
 
 def load_agent(spec: str) -> Agent:
@@ -147,3 +161,8 @@ class Agents:
                     "%s: metadata sets instructions; ignored (agent.metadata_instructions is off)", where
                 )
         return agent
+
+    def with_tools(self, tools: Sequence[Tool]) -> Agents:
+        """Every agent with `tools` (an MCP server's) besides its own (see `with_tools`)."""
+        profiles = {name: with_tools(agent, tools) for name, agent in self.profiles.items()}
+        return dataclasses.replace(self, default=with_tools(self.default, tools), profiles=profiles)

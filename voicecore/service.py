@@ -2,11 +2,13 @@
 
     agents load            the default agent and its profiles (a bad one stops here)
     HTTP up first          /healthz answers at once, /readyz says "the models are loading"
+    MCP servers            started or connected to; their tools are every agent's (voicecore.mcp)
     models load            in a worker thread, then warm up; shared by every room
     the agent              a fixed room (`--room`) or a dispatch worker, until SIGINT/SIGTERM
     shutdown               drain (no new rooms or turns; turns in progress finish, up to
                            livekit.drain_timeout; /readyz says so), leave the rooms, stop HTTP,
-                           free the models; a second signal cuts the drain short
+                           free the models, close the MCP servers; a second signal cuts the
+                           drain short
 
 Telemetry (Prometheus) and readiness watch the rooms through one `rtc.Observer`.
 """
@@ -23,6 +25,7 @@ from voicecore import memory
 from voicecore.agent import Agents, profile_specs
 from voicecore.config import Config
 from voicecore.errors import ConfigError
+from voicecore.mcp import McpServers
 from voicecore.pipeline import Models
 from voicecore.rtc.observer import Observers
 from voicecore.rtc.serve import run_worker, serve_room
@@ -94,6 +97,7 @@ async def run(
     observer = Observers([telemetry, readiness])
     web: WebServer | None = None
     page = ""
+    mcp_servers = McpServers(config.agent.mcp_servers)
     try:
         if config.http.enabled:
             app = build_app(web_context(config, creds, options, telemetry, readiness))
@@ -112,6 +116,10 @@ async def run(
                     "VOICECORE_HTTP_API_KEY is not set: anyone who can open the page can talk to the agent"
                 )
         await check_credentials(creds)  # a wrong key pair: one line now, not retries forever
+        tools = await mcp_servers.open()  # before the models: a server that fails stops start-up at once
+        if tools:
+            notify(f"tools from MCP servers: {', '.join(t.name for t in tools)}")
+            agents = agents.with_tools(tools)  # a name clash with an agent's own: one line, now
         notify("loading models...")
         models = await asyncio.to_thread(load_models)
         try:
@@ -141,6 +149,7 @@ async def run(
         finally:
             await asyncio.to_thread(models.close)
     finally:
+        await mcp_servers.aclose()
         if web is not None:
             await web.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):

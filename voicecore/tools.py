@@ -6,7 +6,9 @@
         ...
 
 The tool's name is the function's, its description the docstring's first paragraph, its
-parameters a JSON schema derived from the signature (Pydantic models welcome as types). Sync
+parameters a JSON schema derived from the signature (Pydantic models welcome as types). A `Tool`
+built by hand around a `**arguments` function (an MCP server's, voicecore.mcp) has only a schema:
+its required arguments are checked, their types are left to whoever runs it. Sync
 functions run on a thread (they cannot be stopped: their result is dropped on barge-in); async
 ones are cancelled, so they see `asyncio.CancelledError`. A tool that raises or times out gives
 the model an error result, never the conversation an exception.
@@ -93,10 +95,14 @@ class Tool:
         from pydantic import TypeAdapter, ValidationError
 
         hints = _hints(self.function)
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(self.function).parameters.values())
         out: dict[str, Any] = {}
         for name, value in arguments.items():
             if name not in hints:
-                raise ValueError(f"no parameter {name!r}")
+                if not takes_any:
+                    raise ValueError(f"no parameter {name!r}")
+                out[name] = value  # a schema-only tool (`**arguments`, MCP's): its server checks types
+                continue
             try:
                 out[name] = TypeAdapter(hints[name]).validate_python(value)
             except ValidationError as e:
