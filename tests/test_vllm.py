@@ -17,6 +17,7 @@ import pytest
 from helpers import join, words
 
 from voicecore import (
+    Agent,
     AgentState,
     AudioFrame,
     Message,
@@ -27,6 +28,7 @@ from voicecore import (
     load_models,
     split_frames,
     talk,
+    tool,
     write_wav,
 )
 
@@ -85,6 +87,30 @@ async def test_a_session_on_vllm_answers_paris(models, config, say):
     assert words(result.turns[0].user_text) == ["what", "is", "the", "capital", "of", "france"]
     assert "Paris" in result.turns[0].agent_text
     assert result.turns[0].latencies_ms()["llm_first_token"] is not None
+
+
+async def test_a_spoken_weather_question_calls_the_tool_through_vllm(models, config, say):
+    cities: list[str] = []
+
+    @tool(speculative=True)
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        cities.append(city)
+        return "sunny, 21 degrees"
+
+    @tool
+    def get_time() -> str:
+        """The current time."""
+        return "14:05"
+
+    agent = Agent(tools=[get_weather, get_time])
+    result = await talk(models, config, join(0.5, say("What's the weather in Paris?")), agent=agent)
+    assert [c.lower() for c in cities] == ["paris"]
+    assert {"sunny", "sun", "21"} & set(words(result.turns[0].agent_text)), result.turns[0].agent_text
+    # a question no tool answers is answered by the model itself
+    result = await talk(models, config, join(0.5, say("What is the capital of France?")), agent=agent)
+    assert cities == ["Paris"] and "Paris" in result.turns[0].agent_text
+    assert models.llm.active_requests == 0
 
 
 async def test_pieces_stream_as_they_are_generated(models):

@@ -285,7 +285,7 @@ class Reply:
                                 return
                     return
                 result = await self._use_tool(call, chunks)
-                steps = [Message.calling(call), Message("tool", result.content)]
+                steps = [Message.calling(call), Message.result(call, result.content)]
                 self._steps += steps
                 prompt = [*prompt, *steps]
         finally:

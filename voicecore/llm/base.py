@@ -15,18 +15,36 @@ Role = Literal["system", "user", "assistant", "tool"]
 class Message:
     role: Role
     content: str
-    tool_call: ToolCall | None = None  # an assistant message that calls a tool (content "")
+    # An assistant message that calls a tool (content ""), or a tool message: the call it answers
+    tool_call: ToolCall | None = None
 
     def as_dict(self) -> dict[str, str]:
-        """As chat templates read it; a tool call as its JSON, which the model then sees as
-        what it said (templates that know tools are given `tools` separately)."""
-        if self.tool_call is not None:
-            return {"role": self.role, "content": self.tool_call.as_json()}
         return {"role": self.role, "content": self.content}
 
     @classmethod
     def calling(cls, call: ToolCall) -> Message:
         return cls("assistant", "", call)
+
+    @classmethod
+    def result(cls, call: ToolCall, content: str) -> Message:
+        return cls("tool", content, call)
+
+
+def chat(messages: Sequence[Message]) -> list[dict[str, str]]:
+    """The messages as a chat template reads them. A tool's call and result become one system
+    line, "Result of get_weather: sunny, 21 degrees": the bundled model, never taught tool
+    messages, answers from that line in words, where after its own call as JSON followed by a
+    "tool" message it went on writing JSON (docs/decisions.md)."""
+    out = []
+    for m in messages:
+        if m.role == "assistant" and m.tool_call is not None:
+            continue
+        if m.role == "tool":
+            name = m.tool_call.name if m.tool_call is not None else "a tool"
+            out.append({"role": "system", "content": f"Result of {name}: {m.content}"})
+        else:
+            out.append(m.as_dict())
+    return out
 
 
 class LLMEngine(Protocol):

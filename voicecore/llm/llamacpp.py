@@ -38,7 +38,7 @@ from typing import Any
 
 from voicecore.config import LlmConfig
 from voicecore.errors import ConfigError
-from voicecore.llm.base import Message
+from voicecore.llm.base import Message, chat
 from voicecore.llm.tool_choice import (
     MAX_STRING,
     ToolChooser,
@@ -114,7 +114,7 @@ class LlamaCppEngine:
         return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     def forget(self, messages: list[Message]) -> None:
-        history = [m.as_dict() for m in messages]
+        history = chat(messages)
         self._worker.post(lambda: self._contexts.forget(history), BACKGROUND)
 
     def read_ahead(self, messages: list[Message]) -> None:
@@ -125,7 +125,7 @@ class LlamaCppEngine:
         if self._template is None:
             return
         with self._ahead_lock:
-            queued, self._ahead = self._ahead is not None, [m.as_dict() for m in messages]
+            queued, self._ahead = self._ahead is not None, chat(messages)
         if not queued:
             self._worker.post(self._read_ahead, BACKGROUND)
 
@@ -160,7 +160,7 @@ class LlamaCppEngine:
         self, messages: list[Message], tools: Sequence[Tool] = ()
     ) -> AsyncIterator[str | ToolCall]:
         if tools and messages and messages[-1].role == "user":
-            prompt = [m.as_dict() for m in messages]
+            prompt = chat(messages)
             call = await self._worker.run(partial(self._tool_call, prompt, list(tools)), CRITICAL)
             if call is not None:
                 yield call
@@ -242,7 +242,7 @@ class LlamaCppEngine:
         # Bounded by construction: at most max_tokens pieces are ever put here.
         pieces: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
-        prompt = [m.as_dict() for m in messages]
+        prompt = chat(messages)
 
         def hand_over(item: Any) -> None:
             try:

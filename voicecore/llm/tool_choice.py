@@ -61,14 +61,13 @@ class ToolChooser:
         gains: list[tuple[float, Tool]] = []
         for start in range(0, len(tools), MAX_SEQUENCES - 1):
             group = tools[start : start + MAX_SEQUENCES - 1]
-            scores = self._score(user_text, [BASELINE, *(_asks_for(t) for t in group)])
+            scores = self._score(user_text, system_lines(group))
             gains += [(score - scores[0], t) for score, t in zip(scores[1:], group, strict=True)]
-        gain, best = max(gains, key=lambda g: g[0])
-        return best if gain >= MIN_GAIN else None
+        return best_of(gains)
 
     def gains(self, user_text: str, tools: Sequence[Tool]) -> dict[str, float]:
         """Each tool's gain (for the benchmark and the turn record)."""
-        scores = self._score(user_text, [BASELINE, *(_asks_for(t) for t in tools)])
+        scores = self._score(user_text, system_lines(tools))
         return {t.name: s - scores[0] for s, t in zip(scores[1:], tools, strict=True)}
 
     def _score(self, user_text: str, systems: list[str]) -> list[float]:
@@ -113,6 +112,19 @@ class ToolChooser:
     def close(self) -> None:
         self._batch.close()
         self._ctx.close()
+
+
+def system_lines(tools: Sequence[Tool]) -> list[str]:
+    """The neutral line, then one per tool: what the user's words are scored after."""
+    return [BASELINE, *(_asks_for(t) for t in tools)]
+
+
+def best_of(gains: Sequence[tuple[float, Tool]]) -> Tool | None:
+    """The tool with the highest gain, if it clears MIN_GAIN."""
+    if not gains:
+        return None
+    gain, best = max(gains, key=lambda g: g[0])
+    return best if gain >= MIN_GAIN else None
 
 
 def _asks_for(tool: Tool) -> str:

@@ -11,6 +11,7 @@ CPU build into .venv-vllm.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -21,7 +22,14 @@ from typing import Any
 
 from voicecore.config import LlmConfig
 from voicecore.errors import ConfigError
-from voicecore.llm.base import Message
+from voicecore.llm.base import Message, chat
+from voicecore.llm.tool_choice import (
+    arguments_instruction,
+    arguments_schema,
+    best_of,
+    parse_arguments,
+    system_lines,
+)
 from voicecore.tools import Tool, ToolCall
 
 log = logging.getLogger(__name__)
@@ -72,7 +80,6 @@ class VllmEngine:
         self.prompt_tokens = 0
         self.cached_tokens = 0
         self.aborted = 0  # requests closed before their end (barge-in, a cancelled speculation)
-        self._warned_tools = False
 
     def forget(self, messages: list[Message]) -> None:
         pass  # vLLM's prefix cache evicts by itself
@@ -93,21 +100,29 @@ class VllmEngine:
     ) -> AsyncIterator[str | ToolCall]:
         from vllm import SamplingParams
 
-        if tools and not self._warned_tools:
-            self._warned_tools = True
-            log.warning("the vLLM engine does not call tools yet: the agent answers without them")
-        from vllm.sampling_params import RequestOutputKind
-
-        _, (prompt,) = await self._engine.renderer.render_chat_async(
-            [[m.as_dict() for m in messages]], self._chat
-        )
+        if tools and messages and messages[-1].role == "user":
+            call = await self._tool_call(messages, list(tools))
+            if call is not None:
+                yield call
+                return
         params = SamplingParams(
             max_tokens=self.config.max_tokens,
             temperature=self.config.temperature,
             top_p=self.config.top_p,
             repetition_penalty=self.config.repeat_penalty,
-            output_kind=RequestOutputKind.DELTA,
         )
+        async for piece in self._generate(messages, params):
+            yield piece
+
+    async def _render(self, messages: list[Message]) -> Any:
+        _, (prompt,) = await self._engine.renderer.render_chat_async([chat(messages)], self._chat)
+        return prompt
+
+    async def _generate(self, messages: list[Message], params: Any) -> AsyncIterator[str]:
+        from vllm.sampling_params import RequestOutputKind
+
+        prompt = await self._render(messages)
+        params.output_kind = RequestOutputKind.DELTA
         request_id = f"voicecore-{next(_request_ids)}"
         first, finished = True, False
         # Closing vLLM's generator (here, when this one is closed or cancelled) aborts the
@@ -127,6 +142,50 @@ class VllmEngine:
         finally:
             self.aborted += not finished
 
+    async def _tool_call(self, messages: list[Message], tools: list[Tool]) -> ToolCall | None:
+        """The tool the user's words ask for, chosen as on llama.cpp (voicecore.llm.tool_choice:
+        each tool's description scored by how much likelier it makes the words, one request
+        each, batched by vLLM), its arguments under vLLM's structured outputs."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        user = messages[-1].content
+        lines = system_lines(tools)
+        scores = await asyncio.gather(*(self._words_logprob(line, user) for line in lines))
+        chosen = best_of([(score - scores[0], tool) for score, tool in zip(scores[1:], tools, strict=True)])
+        if chosen is None:
+            return None
+        if not chosen.parameters.get("properties"):
+            return ToolCall(chosen.name, {})
+        asked = [*messages, Message("system", arguments_instruction(chosen))]
+        params = SamplingParams(
+            max_tokens=self.config.max_tokens,
+            temperature=0.0,
+            structured_outputs=StructuredOutputsParams(json=arguments_schema(chosen)),
+        )
+        text = "".join([piece async for piece in self._generate(asked, params)])
+        arguments = parse_arguments(text)
+        return ToolCall(chosen.name, arguments) if arguments is not None else None
+
+    async def _words_logprob(self, system: str, words: str) -> float:
+        """log P(words | a system line), as the chat template frames a user's message."""
+        from vllm import SamplingParams
+
+        empty = await self._render([Message("system", system), Message("user", "")])
+        full = await self._render([Message("system", system), Message("user", words)])
+        start = _common_prefix(empty["prompt_token_ids"], full["prompt_token_ids"])
+        end = len(full["prompt_token_ids"]) - (len(empty["prompt_token_ids"]) - start)
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        request_id = f"voicecore-score-{next(_request_ids)}"
+        total = 0.0
+        async with contextlib.aclosing(self._engine.generate(full, params, request_id)) as outputs:
+            async for output in outputs:
+                if output.finished and output.prompt_logprobs:
+                    ids = full["prompt_token_ids"]
+                    total = sum(output.prompt_logprobs[i][ids[i]].logprob for i in range(start, end))
+        self.last_progress = time.monotonic()
+        return total
+
     def close(self) -> None:
         engine, self._engine = self._engine, None
         if engine is None:
@@ -137,6 +196,15 @@ class VllmEngine:
         # at exit. Let them finish. Dropping the last reference here frees AsyncLLM now, not
         # during interpreter teardown, where its __del__ raises.
         engine.shutdown(timeout=CLOSE_TIMEOUT)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _cpu_args() -> dict[str, Any]:
