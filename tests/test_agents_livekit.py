@@ -20,7 +20,8 @@ from helpers import transcribe, words
 from livekit import api
 from livekit_fixtures import LiveKitServer, listening, poll, reply_done
 
-from voicecore import Config, Models, load_agent
+from voicecore import Agent, Config, Models, load_agent, tool
+from voicecore.agent import Agents
 from voicecore.rtc import AgentRoom, DispatchWorker, agent_token
 from voicecore.rtc.chat import CHAT_TOPIC, MAX_CHARS
 from voicecore.rtc.transcription import ATTR_TRACK
@@ -161,3 +162,38 @@ async def test_room_metadata_picks_the_tutor_while_another_room_keeps_the_defaul
     }
     assert prompts[f"{base}-meta"] == prompts[browser["roomName"]] == tutor.instructions
     assert prompts[f"{base}-plain"] == assistant.instructions
+
+
+async def test_a_spoken_weather_question_calls_the_tool_and_is_answered_aloud(
+    livekit_server: LiveKitServer, warm: Models, config: Config, say, callers, request
+):
+    """Through a real room: the person asks aloud, the agent's get_weather tool is called with
+    the city, and the answer the person hears comes from the tool's result."""
+    cities: list[str] = []
+
+    @tool(speculative=True)
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        cities.append(city)
+        return "sunny, 21 degrees"
+
+    room = _room_name(request)
+    creds = livekit_server.creds
+    agents = Agents(default=Agent(tools=[get_weather]))
+    token = agent_token(creds, room, "vc")
+    agent = await asyncio.wait_for(AgentRoom.join(warm, config, creds.ws_url, token, agents=agents), 15)
+    try:
+        alice = callers("alice")
+        await asyncio.wait_for(alice.join(creds, room), 15)
+        await poll(partial(listening, alice), 10)
+        await alice.noticed()
+        _, speech_end = await alice.speak(say("What's the weather in Paris?"))
+        await reply_done(alice, finals=1)
+        await asyncio.sleep(0.3)
+        assert [c.lower() for c in cities] == ["paris"]
+        heard = await transcribe(warm, alice.heard(since=speech_end))
+        assert {"sunny", "21"} & set(words(heard)), heard
+        record = agent.conversations["alice"].session.records[-1]
+        assert [t["name"] for t in record.extra["tools"]] == ["get_weather"]
+    finally:
+        await agent.aclose()

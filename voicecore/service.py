@@ -123,7 +123,9 @@ async def run(
         notify("loading models...")
         models = await asyncio.to_thread(load_models)
         try:
-            await models.warm_up(agents.default.instructions or config.llm.system_prompt)
+            await models.warm_up(
+                agents.default.instructions or config.llm.system_prompt, agents.default.tools
+            )
             memory.freeze()  # what lives now lives for good: rooms' collections skip it
             readiness.models_ready = True
             if web is not None:

@@ -100,7 +100,7 @@ async def talk(
     """Feed `audio` (16 kHz) in real-time 20 ms frames, then silence until the agent is done.
     `agent`: its instructions and tools (default: the configured system prompt, no tools)."""
     instructions = agent.instructions if agent is not None else None
-    await models.warm_up(instructions or config.llm.system_prompt)
+    await models.warm_up(instructions or config.llm.system_prompt, agent.tools if agent else ())
     sink = RealtimeSink(config.audio.output_sample_rate)
     hooks = _Collect()
     session = Session(models, config, sink, hooks, agent=agent)
