@@ -156,3 +156,32 @@ def test_a_bad_agent_on_the_command_line_is_one_clear_line(tmp_path: Path):
         )  # fmt: skip
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and "nope.py not found" in lines[0], result.stderr
+
+
+async def test_an_agent_speaks_with_its_own_voice(models, config, say, tmp_path: Path, monkeypatch):
+    import shutil
+
+    from helpers import join, words
+
+    from voicecore import RealtimeSink, Session, talk
+    from voicecore.models import bundled_piper_voice
+
+    bundled = bundled_piper_voice()
+    voice = tmp_path / "other-voice.onnx"
+    shutil.copy(bundled, voice)
+    shutil.copy(str(bundled) + ".json", str(voice) + ".json")
+    agent = Agent(voice=str(voice))
+    with pytest.raises(ConfigError, match="not loaded"):
+        Session(models, config, RealtimeSink(48_000), agent=agent)  # a voice nobody loaded
+
+    result = await talk(models, config, join(0.5, say("What is the capital of France?")), agent=agent)
+    other = models.tts_for(str(voice))
+    assert other is not models.tts
+    spoken: list[str] = []
+    speak = other._speak  # type: ignore[attr-defined]
+    monkeypatch.setattr(other, "_speak", lambda text: (spoken.append(text), speak(text))[1])
+    result = await talk(models, config, join(0.5, say("What is the capital of France?")), agent=agent)
+    assert "paris" in words(result.turns[0].agent_text)
+    assert " ".join(spoken) == result.turns[0].agent_text  # every word in the agent's own voice
+    with pytest.raises(ConfigError, match="not found"):
+        models.add_voice(str(tmp_path / "missing.onnx"))

@@ -36,10 +36,12 @@ AfterReply = Callable[[str, str], "None | Awaitable[None]"]  # (the user's words
 
 @dataclass
 class Agent:
-    """`None` fields take the configured default (llm.system_prompt, livekit.greeting)."""
+    """`None` fields take the configured default (llm.system_prompt, livekit.greeting,
+    tts.voice)."""
 
     instructions: str | None = None
     greeting: str | None = None
+    voice: str | None = None  # a Piper .onnx voice file (loaded with the models: Models.add_voice)
     tools: Sequence[Tool] = ()
     before_llm: BeforeLlm | None = None  # sees each user turn before the LLM does; returns its text
     after_reply: AfterReply | None = None  # each answered turn, once its reply has played
@@ -161,6 +163,11 @@ class Agents:
                     "%s: metadata sets instructions; ignored (agent.metadata_instructions is off)", where
                 )
         return agent
+
+    @property
+    def voices(self) -> set[str]:
+        """The Piper voices the agents speak with besides the configured one."""
+        return {a.voice for a in [self.default, *self.profiles.values()] if a.voice}
 
     def with_tools(self, tools: Sequence[Tool]) -> Agents:
         """Every agent with `tools` (an MCP server's) besides its own (see `with_tools`)."""

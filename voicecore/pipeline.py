@@ -6,6 +6,7 @@ their worker threads coordinate through.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,36 @@ class Models:
     llm: LLMEngine
     tts: TTS
     scheduler: Scheduler = field(default_factory=Scheduler)
+    voices: dict[str, TTS] = field(default_factory=dict)  # other voices than tts's, by path
+    config: Config | None = None  # what they were loaded with (for add_voice)
+
+    def tts_for(self, voice: str | None) -> TTS:
+        """The TTS speaking `voice` (None: the configured one); ConfigError if not loaded."""
+        if voice is None:
+            return self.tts
+        try:
+            return self.voices[voice]
+        except KeyError:
+            raise ConfigError(
+                f"voice {voice} is not loaded: call Models.add_voice({voice!r}) first"
+            ) from None
+
+    def add_voice(self, voice: str) -> None:
+        """Load another Piper voice (an agent's); several seconds: from async code, in a thread.
+        It shares the first voice's worker thread: one synthesis at a time, as with one voice."""
+        from voicecore.tts.piper import PiperTTS
+
+        if voice in self.voices or self.config is None:
+            if self.config is None:
+                raise ConfigError("add_voice: these models were not made by load_models")
+            return
+        config = dataclasses.replace(self.config.tts, voice=voice)
+        self.voices[voice] = PiperTTS(
+            config,
+            self.scheduler,
+            use_cuda=self.config.stt.device == "cuda",
+            worker=getattr(self.tts, "worker", None),
+        )
 
     async def warm_up(self, system_prompt: str, tools: Sequence[Tool] = ()) -> None:
         """Run each model once so the first turn does not pay for lazy initialisation, and
@@ -45,8 +76,11 @@ class Models:
         """Stop the models' threads (each finishes the call it is in) and free the models.
         Blocks for up to a few seconds: from async code, run it in a thread. Native models left
         to interpreter teardown, or freed under a running call, can abort the process at exit."""
-        for stage in (self.stt, self.llm, self.tts):
-            stage.close()
+        self.stt.close()
+        self.llm.close()
+        self.tts.close()  # first: it owns the other voices' thread
+        for voice in self.voices.values():
+            voice.close()
 
 
 def load_models(config: Config) -> Models:
@@ -76,4 +110,4 @@ def load_models(config: Config) -> Models:
     else:
         raise ConfigError(f"llm.engine = {config.llm.engine!r}: use 'llama.cpp' or 'vllm'")
     tts = PiperTTS(config.tts, scheduler, use_cuda=config.stt.device == "cuda")
-    return Models(vad=vad, stt=stt, llm=llm, tts=tts, scheduler=scheduler)
+    return Models(vad=vad, stt=stt, llm=llm, tts=tts, scheduler=scheduler, config=config)

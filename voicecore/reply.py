@@ -397,8 +397,9 @@ class Reply:
         gate = ctx.models.scheduler.first_audio.synthesising() if first else contextlib.nullcontext()
         try:
             with gate:
-                async with stall_timeout(ctx.config.turn.stage_timeout, lambda: ctx.models.tts.last_progress):
-                    audio = await ctx.models.tts.synthesize(text, first=first)
+                tts = ctx.models.tts_for(ctx.agent.voice)
+                async with stall_timeout(ctx.config.turn.stage_timeout, lambda: tts.last_progress):
+                    audio = await tts.synthesize(text, first=first)
         except Exception as e:
             self._failed("tts", e)
             return False

@@ -123,6 +123,8 @@ async def run(
         notify("loading models...")
         models = await asyncio.to_thread(load_models)
         try:
+            for voice in agents.voices:  # a bad voice file: one line, before any room
+                await asyncio.to_thread(models.add_voice, voice)
             await models.warm_up(
                 agents.default.instructions or config.llm.system_prompt, agents.default.tools
             )

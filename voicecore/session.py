@@ -67,6 +67,7 @@ class Session:
         self.hooks = hooks or SessionHooks()
         self.clock = clock
         self.agent = agent or Agent()
+        models.tts_for(self.agent.voice)  # a voice not loaded: an error now, not at the first reply
         self.history = ChatHistory(self.agent.instructions or config.llm.system_prompt)
         self.records: list[TurnRecord] = []
         self.state = AgentState.INITIALIZING

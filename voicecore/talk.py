@@ -100,6 +100,8 @@ async def talk(
     """Feed `audio` (16 kHz) in real-time 20 ms frames, then silence until the agent is done.
     `agent`: its instructions and tools (default: the configured system prompt, no tools)."""
     instructions = agent.instructions if agent is not None else None
+    if agent is not None and agent.voice:
+        await asyncio.to_thread(models.add_voice, agent.voice)
     await models.warm_up(instructions or config.llm.system_prompt, agent.tools if agent else ())
     sink = RealtimeSink(config.audio.output_sample_rate)
     hooks = _Collect()

@@ -11,11 +11,18 @@ from voicecore.audio.frames import AudioFrame, float_to_int16
 from voicecore.config import TtsConfig
 from voicecore.errors import ConfigError
 from voicecore.models import bundled_piper_voice
-from voicecore.scheduling import CRITICAL, FOLLOW_UP, Scheduler
+from voicecore.scheduling import CRITICAL, FOLLOW_UP, PriorityWorker, Scheduler
 
 
 class PiperTTS:
-    def __init__(self, config: TtsConfig, scheduler: Scheduler | None = None, use_cuda: bool = False) -> None:
+    def __init__(
+        self,
+        config: TtsConfig,
+        scheduler: Scheduler | None = None,
+        use_cuda: bool = False,
+        worker: PriorityWorker | None = None,
+    ) -> None:
+        """`worker`: another voice's thread, to share (one synthesis at a time)."""
         import json
 
         import onnxruntime as ort
@@ -43,10 +50,11 @@ class PiperTTS:
         self._voice = PiperVoice(session=runner, config=piper_config)
         self._syn_config = SynthesisConfig(length_scale=config.length_scale)
         self.sample_rate: int = self._voice.config.sample_rate
-        self._worker = (scheduler or Scheduler()).worker("tts")
+        self._owns_worker = worker is None
+        self.worker = worker or (scheduler or Scheduler()).worker("tts")
 
     async def synthesize(self, text: str, *, first: bool = True) -> AudioFrame:
-        return await self._worker.run(lambda: self._speak(text), CRITICAL if first else FOLLOW_UP)
+        return await self.worker.run(lambda: self._speak(text), CRITICAL if first else FOLLOW_UP)
 
     def _speak(self, text: str) -> AudioFrame:
         parts = [c.audio_float_array for c in self._voice.synthesize(text, self._syn_config)]
@@ -55,11 +63,13 @@ class PiperTTS:
 
     @property
     def last_progress(self) -> float:
-        return self._worker.last_progress
+        return self.worker.last_progress
 
     def close(self) -> None:
-        if self._worker.close():
-            del self._voice  # freed now, not during interpreter teardown
+        # A shared thread is closed by its owner (closed last: Models.close), which finishes
+        # the call it is in; this voice is freed with the rest at exit.
+        if not self._owns_worker or self.worker.close():
+            del self._voice
 
 
 class _Shrinking:
