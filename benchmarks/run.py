@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+# as bin/test-vllm runs it: 1 GiB of KV cache, no usage reports, no warm-up passes of its own
+VLLM_CPU_SETTINGS = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_CI_ENV": "1", "VLLM_NO_USAGE_STATS": "1"}
 sys.path.insert(0, str(HERE))
 try:
     import matplotlib  # noqa: F401
@@ -237,6 +239,7 @@ async def main(args: argparse.Namespace) -> Path:
         "benchmark": "livekit_voice_to_voice",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
+        "llm_engine": args.llm_engine,
         "plan": asdict(plan),
         "scenarios": scenarios,
         "machine": machine(),
@@ -251,9 +254,12 @@ async def main(args: argparse.Namespace) -> Path:
                 # The concurrency scenario goes past the default capacity (the CPU cores) on purpose:
                 # it measures where that capacity lies.
                 most = str(max(plan.levels, default=1))
-                system = VoicecoreSystem(
-                    server.creds, workdir / "voicecore", {"VOICECORE_LIVEKIT_MAX_CONVERSATIONS": most}
-                )
+                settings = {"VOICECORE_LIVEKIT_MAX_CONVERSATIONS": most}
+                python = None
+                if args.llm_engine == "vllm":  # its CPU build lives in .venv-vllm (bin/setup-vllm)
+                    python = ROOT / ".venv-vllm" / "bin" / "python"
+                    settings.update(VOICECORE_LLM_ENGINE="vllm", **VLLM_CPU_SETTINGS)
+                system = VoicecoreSystem(server.creds, workdir / "voicecore", settings, python=python)
             else:
                 system = BaselineSystem(server.creds, workdir / "baseline", venv=args.baseline_venv)
             doc["systems"][name] = await bench_system(
@@ -262,7 +268,8 @@ async def main(args: argparse.Namespace) -> Path:
     finally:
         server.stop()
     doc["machine"]["load_average_after"] = os.getloadavg()
-    path = out_dir / f"livekit-{stamp}.json"
+    engine = "" if args.llm_engine == "llama.cpp" else f"{args.llm_engine}-"
+    path = out_dir / f"livekit-{engine}{stamp}.json"
     path.write_text(json.dumps(doc, indent=1, default=float))
     say(f"raw results: {path}")
     summary = report.write(doc, out_dir)
@@ -288,4 +295,9 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results[/quick])")
     parser.add_argument("--scenarios", help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)")
     parser.add_argument("--baseline-venv", type=Path, default=DEFAULT_VENV)
+    parser.add_argument(
+        "--llm-engine", choices=["llama.cpp", "vllm"], default="llama.cpp",
+        help="voicecore's LLM engine; vllm runs its CPU build from .venv-vllm (correctness and "
+        "batching on this machine, not GPU speed)",
+    )  # fmt: skip
     asyncio.run(main(parser.parse_args()))

@@ -68,8 +68,15 @@ class VoicecoreSystem(System):
     name = "voicecore"
     agent_name = "voicecore-bench"
 
-    def __init__(self, creds: Credentials, workdir: Path, settings: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        creds: Credentials,
+        workdir: Path,
+        settings: dict[str, str] | None = None,
+        python: Path | None = None,
+    ) -> None:
         self.creds = creds
+        self.python = str(python or sys.executable)  # another virtualenv's (vLLM's)
         self.workdir = workdir
         self.settings = settings or {}  # VOICECORE_* variables of the benchmark's own
         self.turn_log = workdir / "voicecore-turns.jsonl"
@@ -98,7 +105,7 @@ class VoicecoreSystem(System):
         started = time.monotonic()
         with self.log.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
+                self.python,
                 "-m",
                 "voicecore",
                 "serve",

@@ -1,14 +1,18 @@
 """One conversation: the journey of an audio frame, top to bottom.
 
     push_audio(frame)            20 ms of the user's microphone, any sample rate
-      -> resample to 16 kHz, keep in the utterance buffer
+      -> resample to 16 kHz      kept by Transcribing: the utterance, its interim transcripts
       -> VadStream               speech and sound events
       -> TurnMachine             decisions: speculate, commit, cancel, interrupt, transcribe early
-      -> Reply                   STT final -> LLM -> chunker -> TTS, held until commit, played
+      -> Reply                   STT final -> LLM (and tools) -> chunker -> TTS, held until
+                                 commit, played
       -> the outcome             history, the turn record, the floor open again
 
-The agent state (`lk.agent.state`) follows the turn machine's state; `say(text)` speaks on the
-agent's own initiative through the same reply, transcript and history path. Models are shared
+    push_text(text)              a typed message: a Reply at once, committed, interrupting
+
+The agent state (`lk.agent.state`) follows the turn machine's state; `say(text)` and
+`generate_reply(instructions)` speak on the agent's own initiative through the same reply,
+transcript and history path. The `Agent` gives the instructions and tools. Models are shared
 with other sessions; everything here is per conversation. Nothing blocks the event loop:
 inference runs on the models' worker threads.
 """
@@ -16,17 +20,13 @@ inference runs on the models' worker threads.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import time
 from collections.abc import Callable
 
-import numpy as np
-
 from voicecore.agent import Agent
 from voicecore.audio.frames import RECOGNITION_RATE, AudioFrame
-from voicecore.audio.recent import RecentAudio
 from voicecore.audio.resample import StreamResampler
 from voicecore.config import Config
 from voicecore.hooks import AudioSink, SessionHooks
@@ -36,14 +36,13 @@ from voicecore.metrics import TurnRecord
 from voicecore.pipeline import Models
 from voicecore.reply import Reply, ReplyContext, ReplyOutcome
 from voicecore.stt.base import Transcript
+from voicecore.transcribing import Transcribing
 from voicecore.turn.machine import Action, Decision, TurnMachine
 from voicecore.turn.state import AgentState, TurnState, agent_state
 
 __all__ = ["AudioSink", "Session", "SessionHooks"]
 
 log = logging.getLogger(__name__)
-
-KEEP_BEFORE_ONSET = 2.0  # seconds of audio kept outside an utterance (prefix padding, barge-in)
 
 
 class Session:
@@ -76,13 +75,9 @@ class Session:
         self._resampler = StreamResampler(RECOGNITION_RATE)
         self._vad = models.vad.stream(config.vad)
         self._machine = TurnMachine(config.turn, quietest=self._vad.quietest)
-        self._audio = RecentAudio()  # 16 kHz: the utterance, or the last KEEP_BEFORE_ONSET seconds
-        self._prefix = int(config.vad.prefix_padding_ms * RECOGNITION_RATE / 1000)
+        self._words = Transcribing(models.stt, config, self._machine, self, self._heard_so_far)
         self._reply: Reply | None = None
         self._turns = 0
-        self._interim_task: asyncio.Task[None] | None = None
-        self._interim_at = 0  # where the last interim transcript (or the utterance) began
-        self._early: asyncio.Future[Transcript] | None = None  # a final transcript started early
         self._idle = asyncio.Event()
         self._background: set[asyncio.Future[None]] = set()  # the application's after_reply hooks
         self._closed = False
@@ -96,15 +91,14 @@ class Session:
             return
         samples = self._resampler.push(frame).to_float()
         now = self.clock()
-        self._audio.append(samples)
+        self._words.push(samples)
         decisions: list[Decision] = []
         for event in self._vad.push(samples):
             decisions += self._machine.on_vad(event)
         decisions += self._machine.on_time(self._vad.samples_seen)
         for decision in decisions:
             self._act(decision, now)
-        self._maybe_interim()
-        self._trim_buffer()
+        self._words.tick(self._vad.samples_seen)
         self._update_state()
 
     def _act(self, decision: Decision, now: float) -> None:
@@ -121,25 +115,19 @@ class Session:
             if self._reply is not None:
                 self._finish(self._reply, self._reply.interrupt())  # keeps only what was heard
         elif action is Action.USER_STARTED:
-            self._interim_at = decision.sample
-        elif action is Action.TRANSCRIBE_EARLY:
-            self._transcribe_early()
-        elif action is Action.DROP_EARLY and self._early is not None:
-            self._early.cancel()
-            self._early = None
+            self._words.utterance_started(decision.sample)
+        elif action is Action.TRANSCRIBE_EARLY and self._conversations.alone:
+            self._words.start_early()  # alone: a dropped one would cost another's reply a core
+        elif action is Action.DROP_EARLY:
+            self._words.drop_early()
 
     # -- replies ----------------------------------------------------------------------------------
     def _start_reply(self, speech_end: float, audio_end: int | None = None) -> None:
         self._drop_reply()
         self._turns += 1
         turn = TurnRecord(turn=self._turns, speech_end=speech_end)
-        transcript, self._early = self._early, None
-        if transcript is not None and audio_end is not None:  # a cut monologue: up to the cut
-            transcript.cancel()
-            transcript = None
-        if transcript is None:
-            transcript = self._transcribe(audio_end)
-        else:
+        transcript, early = self._words.final(audio_end)
+        if early:
             turn.extra["early_transcript"] = True
         reply = Reply.answer(
             self._ctx, turn, transcript, self.history,
@@ -248,40 +236,12 @@ class Session:
         self._machine.agent_speaking()
         self._update_state()
 
-    # -- transcripts before the reply ---------------------------------------------------------------
-    def _transcribe_early(self) -> None:
-        """Only while this conversation is alone: a dropped one costs another's reply a core."""
-        if self._early is None and self._conversations.alone:
-            self._early = self._transcribe()
-            self._early.add_done_callback(_seen)  # a dropped one's error is nobody's to log
-
-    def _transcribe(self, end: int | None = None) -> asyncio.Future[Transcript]:
-        audio = self._utterance_audio(end)
-        return asyncio.ensure_future(self.models.stt.transcribe(audio, final=True, owner=self))
-
-    def _maybe_interim(self) -> None:
-        """Another interim_interval of speech: its words so far (one at a time; a slow model
-        gets fewer)."""
-        interval = int(self.config.turn.interim_interval * RECOGNITION_RATE)
-        if (
-            self._machine.state is TurnState.USER_SPEAKING
-            and (self._interim_task is None or self._interim_task.done())
-            and self._vad.samples_seen - self._interim_at >= interval
-        ):
-            self._interim_at = self._vad.samples_seen
-            self._interim_task = asyncio.create_task(self._interim(self._utterance_audio()))
-
-    async def _interim(self, audio: np.ndarray) -> None:
-        try:
-            transcript = await self.models.stt.transcribe(audio, final=False, owner=self)
-        except Exception:
-            log.exception("interim transcription failed")
-            return
-        if self._machine.state is TurnState.USER_SPEAKING and transcript.text:
-            self._machine.on_transcript(transcript.text)
-            self.hooks.on_user_transcript(transcript.text, False)
-            if self._early is None:  # else the reply's prompt may be on its way: not behind this
-                self._read_ahead(transcript.text)
+    # -- the person's words while they speak ------------------------------------------------------
+    def _heard_so_far(self, words: str) -> None:
+        self._machine.on_transcript(words)
+        self.hooks.on_user_transcript(words, False)
+        if self._words.early is None:  # else the reply's prompt may be on its way: not behind this
+            self._read_ahead(words)
 
     def _read_ahead(self, words: str) -> None:
         """Let the LLM read the next prompt as far as it is known, while this conversation is
@@ -289,23 +249,7 @@ class Session:
         if self._conversations.alone:
             self.models.llm.read_ahead([*self.history.messages(), Message("user", words)])
 
-    # -- buffers, time and state ----------------------------------------------------------------
-    def _utterance_audio(self, end: int | None = None) -> np.ndarray:
-        """The current utterance's audio, all heard so far or up to stream sample `end`."""
-        return self._audio.since(self._machine.utterance_start - self._prefix, end)
-
-    def _trim_buffer(self) -> None:
-        """Keep the utterance (and its prefix), or a little before the next one; speech carried
-        on past a cut monologue is the next turn's, up to max_utterance of it."""
-        if self._machine.state in (TurnState.USER_SPEAKING, TurnState.USER_PAUSED):
-            self._audio.keep_from(self._machine.utterance_start - self._prefix)
-            return
-        now, keep = self._vad.samples_seen, int(KEEP_BEFORE_ONSET * RECOGNITION_RATE)
-        if (carried := self._machine.carried_onset) is not None:
-            longest = int(self.config.turn.max_utterance * RECOGNITION_RATE)
-            keep = max(keep, min(now - carried + self._prefix, longest))
-        self._audio.keep_from(now - keep)
-
+    # -- time and state ----------------------------------------------------------------------------
     def _time_of(self, sample: int, now: float) -> float:
         """Clock time of a stream sample (`now`: when the latest sample arrived)."""
         return now - (self._vad.samples_seen - sample) / RECOGNITION_RATE
@@ -339,11 +283,7 @@ class Session:
         if reply is not None:
             reply.cancel()
             await reply.wait_closed()
-        for task in (self._interim_task, self._early):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await self._words.aclose()
         self.sink.clear_queue()
         self._idle.set()
         self.models.llm.forget(self.history.messages())
@@ -352,8 +292,3 @@ class Session:
 def _after_reply_done(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("agent after_reply failed", exc_info=task.exception())
-
-
-def _seen(future: asyncio.Future[Transcript]) -> None:
-    if not future.cancelled():
-        future.exception()  # marks it retrieved; a reply that awaits it still gets the error
