@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from voicecore import AudioFrame, Models
+from voicecore import Agent, AudioFrame, Models, tool
 from voicecore.audio.resample import resample
 
 
@@ -26,3 +26,21 @@ async def transcribe(models: Models, audio: AudioFrame) -> str:
     """Whisper, used by tests to check what the agent said."""
     audio16 = resample(audio, 16_000)
     return (await models.stt.transcribe(audio16.to_float(), final=True)).text
+
+
+def weather_agent(cities: list[str]) -> Agent:
+    """An agent with two tools: get_weather (a stub: "sunny, 21 degrees"; each city asked for is
+    appended to `cities`) and get_time."""
+
+    @tool(speculative=True)
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        cities.append(city)
+        return "sunny, 21 degrees"
+
+    @tool
+    def get_time() -> str:
+        """The current time."""
+        return "14:05"
+
+    return Agent(tools=[get_weather, get_time])

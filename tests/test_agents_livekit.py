@@ -16,11 +16,11 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from helpers import transcribe, words
+from helpers import transcribe, weather_agent, words
 from livekit import api
 from livekit_fixtures import LiveKitServer, listening, poll, reply_done
 
-from voicecore import Agent, Config, Models, load_agent, tool
+from voicecore import Config, Models, load_agent
 from voicecore.agent import Agents
 from voicecore.rtc import AgentRoom, DispatchWorker, agent_token
 from voicecore.rtc.chat import CHAT_TOPIC, MAX_CHARS
@@ -170,16 +170,9 @@ async def test_a_spoken_weather_question_calls_the_tool_and_is_answered_aloud(
     """Through a real room: the person asks aloud, the agent's get_weather tool is called with
     the city, and the answer the person hears comes from the tool's result."""
     cities: list[str] = []
-
-    @tool(speculative=True)
-    def get_weather(city: str) -> str:
-        """The current weather in a city."""
-        cities.append(city)
-        return "sunny, 21 degrees"
-
     room = _room_name(request)
     creds = livekit_server.creds
-    agents = Agents(default=Agent(tools=[get_weather]))
+    agents = Agents(default=weather_agent(cities))
     token = agent_token(creds, room, "vc")
     agent = await asyncio.wait_for(AgentRoom.join(warm, config, creds.ws_url, token, agents=agents), 15)
     try:

@@ -8,7 +8,7 @@ import time
 from dataclasses import replace
 
 import pytest
-from helpers import join, words
+from helpers import join, weather_agent, words
 from pydantic import BaseModel
 from test_pipeline import Recorder, feed
 
@@ -66,19 +66,7 @@ async def test_a_function_becomes_a_tool_with_a_schema_from_its_hints():
 
 async def test_a_spoken_weather_question_is_answered_from_the_tool(models, config, say):
     cities: list[str] = []
-
-    @tool(speculative=True)
-    def get_weather(city: str) -> str:
-        """The current weather in a city."""
-        cities.append(city)
-        return "sunny, 21 degrees"
-
-    @tool
-    def get_time() -> str:
-        """The current time."""
-        return "14:05"
-
-    agent = Agent(tools=[get_weather, get_time])
+    agent = weather_agent(cities)
     result = await talk(models, config, join(0.5, say("What's the weather in Paris?")), agent=agent)
     assert [c.lower() for c in cities] == ["paris"]
     turn = result.turns[0]

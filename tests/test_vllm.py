@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import join, words
+from helpers import join, weather_agent, words
 
 from voicecore import (
-    Agent,
     AgentState,
     AudioFrame,
     Message,
@@ -28,7 +27,6 @@ from voicecore import (
     load_models,
     split_frames,
     talk,
-    tool,
     write_wav,
 )
 
@@ -91,19 +89,7 @@ async def test_a_session_on_vllm_answers_paris(models, config, say):
 
 async def test_a_spoken_weather_question_calls_the_tool_through_vllm(models, config, say):
     cities: list[str] = []
-
-    @tool(speculative=True)
-    def get_weather(city: str) -> str:
-        """The current weather in a city."""
-        cities.append(city)
-        return "sunny, 21 degrees"
-
-    @tool
-    def get_time() -> str:
-        """The current time."""
-        return "14:05"
-
-    agent = Agent(tools=[get_weather, get_time])
+    agent = weather_agent(cities)
     result = await talk(models, config, join(0.5, say("What's the weather in Paris?")), agent=agent)
     assert [c.lower() for c in cities] == ["paris"]
     assert {"sunny", "sun", "21"} & set(words(result.turns[0].agent_text)), result.turns[0].agent_text

@@ -47,6 +47,16 @@ def chat(messages: Sequence[Message]) -> list[dict[str, str]]:
     return out
 
 
+def common_prefix(a: Sequence[object], b: Sequence[object]) -> int:
+    """How many leading items (messages, tokens) `a` and `b` have in common."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class LLMEngine(Protocol):
     context_tokens: int
 

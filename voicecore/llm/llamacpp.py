@@ -38,7 +38,7 @@ from typing import Any
 
 from voicecore.config import LlmConfig
 from voicecore.errors import ConfigError
-from voicecore.llm.base import Message, chat
+from voicecore.llm.base import Message, chat, common_prefix
 from voicecore.llm.tool_choice import (
     MAX_STRING,
     ToolChooser,
@@ -371,9 +371,9 @@ class Contexts:
         self._holds = messages
 
     def switch_to(self, prompt: list[dict[str, str]]) -> None:
-        here = _shared(self._holds, prompt)
-        best = max(self._kept, key=lambda k: _shared(k.messages, prompt), default=None)
-        best_shares = _shared(best.messages, prompt) if best is not None else 0
+        here = common_prefix(self._holds, prompt)
+        best = max(self._kept, key=lambda k: common_prefix(k.messages, prompt), default=None)
+        best_shares = common_prefix(best.messages, prompt) if best is not None else 0
         if here > 1 and best_shares <= here:
             return  # the context in place is this conversation's
         if best is not None and best_shares > 1:
@@ -435,16 +435,6 @@ def _template(llama: Any) -> Any:
     return llama_chat_format.Jinja2ChatFormatter(
         template=source, eos_token=token(llama.token_eos()), bos_token=token(llama.token_bos())
     )
-
-
-def _shared(a: list[dict[str, str]], b: list[dict[str, str]]) -> int:
-    """How many leading messages `a` and `b` have in common."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _ends_in(kept: list[dict[str, str]], history: list[dict[str, str]]) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 
 from voicecore.config import LlmConfig
 from voicecore.errors import ConfigError
-from voicecore.llm.base import Message, chat
+from voicecore.llm.base import Message, chat, common_prefix
 from voicecore.llm.tool_choice import (
     arguments_instruction,
     arguments_schema,
@@ -173,7 +173,7 @@ class VllmEngine:
 
         empty = await self._render([Message("system", system), Message("user", "")])
         full = await self._render([Message("system", system), Message("user", words)])
-        start = _common_prefix(empty["prompt_token_ids"], full["prompt_token_ids"])
+        start = common_prefix(empty["prompt_token_ids"], full["prompt_token_ids"])
         end = len(full["prompt_token_ids"]) - (len(empty["prompt_token_ids"]) - start)
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         request_id = f"voicecore-score-{next(_request_ids)}"
@@ -196,15 +196,6 @@ class VllmEngine:
         # at exit. Let them finish. Dropping the last reference here frees AsyncLLM now, not
         # during interpreter teardown, where its __del__ raises.
         engine.shutdown(timeout=CLOSE_TIMEOUT)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _cpu_args() -> dict[str, Any]:
