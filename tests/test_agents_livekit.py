@@ -153,8 +153,10 @@ async def test_room_metadata_picks_the_tutor_while_another_room_keeps_the_defaul
         await poll(partial(listening, caller), 10)
     greetings = {where: caller.agent_finals()[0].text for where, caller in people.items()}
     assert greetings == {"meta": tutor.greeting, "plain": assistant.greeting, "browser": tutor.greeting}
+    # the tutor's greeting in the tutor's voice; its first words may be lost on a busy machine
+    # (the client still setting up its audio), so its words, not its beginning
     heard = words(await transcribe(warm, people["meta"].heard()))
-    assert "tutor" in heard, heard
+    assert len(set(heard) & set(words(tutor.greeting))) >= 3 and "assistant" not in heard, heard
     prompts = {
         job.room: next(iter(job.agent.conversations.values())).session.history.messages()[0].content
         for job in worker.jobs.values()
