@@ -317,6 +317,13 @@ def _summary(doc: dict[str, Any], figs: dict[str, dict[str, Any]], plots: list[s
         "agent audio sample heard. Raw samples: the JSON file beside this one.",
         "",
     ]
+    if doc.get("llm_engine") == "vllm":
+        lines += [
+            "",
+            "**voicecore's LLM here is vLLM's CPU build** (`--llm-engine vllm`: the same SmolLM2-135M "
+            "as a float32 Hugging Face folder, not the Q8_0 GGUF): these figures show that the GPU "
+            "path's engine works through LiveKit and how it batches, not GPU speed.",
+        ]
     header = "| figure | " + " | ".join(names) + (" | voicecore / baseline |" if vc and bl else " |")
     lines += [header, "|---" * (len(names) + 1 + (1 if vc and bl else 0)) + "|"]
 
