@@ -101,8 +101,9 @@ class Outbox:
                 if self.on_failure is not None:
                     self.on_failure()
 
-    async def aclose(self, drain: float = 1.0) -> None:
-        """Give queued sends up to `drain` seconds, then stop."""
+    async def aclose(self, drain: float = 3.0) -> None:
+        """Give queued sends up to `drain` seconds, then stop. The last final transcript of a
+        reply drained at SIGTERM is among them: beside a CPU burner 1 s was not always enough."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain):
                 await self._idle.wait()
