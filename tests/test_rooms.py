@@ -276,7 +276,7 @@ async def test_leaving_mid_reply_rejoining_and_taking_over_leave_nothing_behind(
     assert "tokyo" in words(record.agent_text), record
 
     await asyncio.wait_for(alice.leave(), 10)
-    await poll(lambda: not agent.conversations, 5)
+    await poll(lambda: not agent.conversations, 20)  # a departure is slow to arrive on a busy CPU
     await back_to(baseline)
 
 
@@ -297,7 +297,7 @@ async def test_two_people_joining_at_the_same_instant_are_both_answered(
     assert "tokyo" in words(records[1].agent_text), records[1]
 
     await asyncio.wait_for(asyncio.gather(ann.leave(), ben.leave()), 10)
-    await poll(lambda: not agent.conversations, 5)
+    await poll(lambda: not agent.conversations, 20)  # a departure is slow to arrive on a busy CPU
     await back_to(baseline)
 
 
@@ -330,7 +330,7 @@ async def test_a_person_with_two_microphones_is_heard_through_one(
     assert "tokyo" in words(session.records[-1].agent_text), session.records[-1]
 
     await asyncio.wait_for(cleo.leave(), 10)
-    await poll(lambda: not agent.conversations, 5)
+    await poll(lambda: not agent.conversations, 20)  # a departure is slow to arrive on a busy CPU
     await back_to(baseline)
 
 
