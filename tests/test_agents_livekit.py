@@ -66,6 +66,8 @@ async def test_a_typed_question_is_answered_aloud_and_both_texts_are_transcribed
         await asyncio.wait_for(alice.join(creds, room), 15)
         await poll(partial(listening, alice), 10)
         await alice.noticed()
+        # her microphone chosen (the server asked which came first): typed words carry its id
+        await poll(lambda: "alice" in agent.conversations and agent.conversations["alice"].track_sid, 10)
         question = "What is the capital of France?"
         sent = time.monotonic()
         await asyncio.wait_for(alice.room.local_participant.send_text(question, topic=CHAT_TOPIC), 10)
