@@ -101,7 +101,6 @@ class Reply:
         self._said = said
         self._instructions = instructions
         self._steps: list[Message] = []
-        self._filling = False
         self._on_transcript = on_transcript
         self._on_first_frame = on_first_frame
         self._committed = asyncio.Event()
@@ -339,7 +338,7 @@ class Reply:
                 result = await tool(call, config.tool_timeout)
             finally:
                 if filler is not None:
-                    if not self._filling:
+                    if "filler" not in self.turn.extra:  # not begun: once begun, said whole
                         filler.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await filler
@@ -360,8 +359,7 @@ class Reply:
         config = self._ctx.config.agent
         await asyncio.sleep(config.filler_after)
         if config.filler:
-            self._filling = True  # once started, it is said whole, before the answer
-            self.turn.extra["filler"] = True
+            self.turn.extra["filler"] = True  # once begun, it is said whole, before the answer
             await self._speak_chunk(config.filler, chunks)
 
     async def _speak_text(self, text: str, chunks: Chunks) -> None:
