@@ -58,7 +58,7 @@ def attach_agent_records(system: str, turns: list[dict[str, Any]], records: list
             if near:
                 record = min(near, key=lambda r: abs(r["speech_end"] - turn["speech_end"]))
                 turn["agent"] = _voicecore_stages(record, turn)
-            if turn.get("scenario") == "turn_taking":
+            if turn.get("scenario") in ("turn_taking", "human"):
                 window = (turn["first_end"] - 0.5, turn["speech_end"] + 1.5)
                 turn["agent_turns"] = sum(1 for r in mine if window[0] <= r["speech_end"] <= window[1])
     else:
@@ -151,6 +151,29 @@ def latencies(turns: list[dict[str, Any]]) -> list[float]:
     return [t["latency_ms"] for t in turns if t.get("latency_ms") is not None and t.get("answered")]
 
 
+def human_figures(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """Recordings of real people: cut-ins as said and at inserted holds, latency after the last
+    word of those answered without a cut-in."""
+    said = [t for t in trials if "pause_ms" in t]
+    as_recorded = [t for t in said if t["pause_ms"] == 0]
+    holds = [t for t in said if t["pause_ms"] > 0]
+    long_holds = [t for t in holds if t["pause_ms"] >= 1000]
+    lat = [t["latency_ms"] for t in said if t["latency_ms"] is not None and not t["cut_off"]]
+    return {
+        "recordings": len(said),
+        "cut_in_recordings": sum(1 for t in said if t["cut_off"]),
+        "as_recorded": len(as_recorded),
+        "cut_in_as_recorded": sum(1 for t in as_recorded if t["cut_off"]),
+        "holds": len(holds),
+        "cut_in_holds": sum(1 for t in holds if t["cut_off"]),
+        "long_holds": len(long_holds),
+        "cut_in_long_holds": sum(1 for t in long_holds if t["cut_off"]),
+        "answered": sum(1 for t in said if t["answered"]),
+        "p50_ms": pct(lat, 50),
+        "p90_ms": pct(lat, 90),
+    }
+
+
 def figures(system: dict[str, Any]) -> dict[str, Any]:
     """The numbers SUMMARY.md shows for one system."""
     turns = system["latency"]
@@ -184,6 +207,7 @@ def figures(system: dict[str, Any]) -> dict[str, Any]:
         for p in sorted({t["pause_ms"] for t in tt})
         for at_p in [[t for t in tt if t["pause_ms"] == p]]
     }
+    out["human"] = human_figures(system.get("human", []))
     trials = [t for t in system["interruption"] if "stop_ms" in t]
     valid = [t for t in trials if t.get("agent_interrupted", True)]
     out["interruption"] = {
@@ -242,7 +266,7 @@ def figures(system: dict[str, Any]) -> dict[str, Any]:
     out["max_concurrency_p90_1500"] = max(ok, default=0)
     rooms: dict[str, int] = {}
     for part in (system["warmup"], system["latency"], system["turn_taking"], system["interruption"],
-                 system["concurrency"]["turns"]):  # fmt: skip
+                 system["concurrency"]["turns"], system.get("human", [])):  # fmt: skip
         for item in part:
             if "room" in item:
                 rooms[item["room"]] = max(rooms.get(item["room"], 0), int(item.get("dispatch_attempts", 1)))
@@ -266,7 +290,8 @@ def write(doc: dict[str, Any], out_dir: Path) -> str:
     offsets = {r["name"]: r.get("vad_end_offset_ms") for r in doc.get("recordings", [])}
     for name, system in doc["systems"].items():
         # from the raw records every time, so a changed definition applies to old files too
-        for turns in (system["latency"], system["turn_taking"], system["concurrency"]["turns"]):
+        for turns in (system["latency"], system["turn_taking"], system["concurrency"]["turns"],
+                      system.get("human", [])):  # fmt: skip
             attach_agent_records(name, turns, system["agent_records"])
         attach_interruptions(name, system["interruption"], system["agent_records"])
         for turn in system["latency"] + system["concurrency"]["turns"]:
@@ -317,6 +342,12 @@ def _summary(doc: dict[str, Any], figs: dict[str, dict[str, Any]], plots: list[s
         "agent audio sample heard. Raw samples: the JSON file beside this one.",
         "",
     ]
+    if doc.get("baseline_from"):
+        lines += [
+            f"**The baseline's column is not from this run** but from {doc['baseline_from']} (the latest "
+            "run of LiveKit Agents; this one measured voicecore alone).",
+            "",
+        ]
     if doc.get("llm_engine") == "vllm":
         lines += [
             "",
@@ -354,6 +385,18 @@ def _summary(doc: dict[str, Any], figs: dict[str, dict[str, Any]], plots: list[s
         str,
         ratio=False,
     )
+    if any(f["human"]["recordings"] for f in figs.values()):
+
+        def share(f: dict[str, Any], cut: str, of: str) -> str:
+            return f"{f['human'][cut]}/{f['human'][of]}"
+
+        h = "real people: "
+        row(h + "p50 after the last word (client, no cut-in)", lambda f: f["human"]["p50_ms"])
+        row(h + "p90 after the last word", lambda f: f["human"]["p90_ms"])
+        row(h + "cut-ins, as recorded", lambda f: share(f, "cut_in_as_recorded", "as_recorded"), str, False)
+        row(h + "cut-ins, 0.5-1.5 s hold inserted", lambda f: share(f, "cut_in_holds", "holds"), str, False)
+        row(h + "... holds of 1 s or more", lambda f: share(f, "cut_in_long_holds", "long_holds"), str, False)
+        row(h + "answered", lambda f: share(f, "answered", "recordings"), str, False)
     row("interruption: audio stops at client, p50", lambda f: f["interruption"]["p50_ms"])
     row(
         "interruption: agent stopped / talked over",

@@ -5,7 +5,8 @@ from outside by client participants. One command:
 
 For each system, one after the other on the same machine, the same recordings and models:
 cold start, voice-to-voice latency (with the agent's own per-stage record of the same turns),
-turn-taking with pauses mid-sentence, interruption, and 1/2/4/8 conversations at once. Writes
+turn-taking with pauses mid-sentence, interruption, 1/2/4/8 conversations at once, and
+recordings of real people (benchmarks/human_speech.py) as said and with a pause inserted. Writes
 to benchmarks/results/ (--quick: benchmarks/results/quick/): a JSON file with the machine, the
 versions and every raw sample; PNG plots; SUMMARY.md with voicecore/baseline ratios.
 
@@ -77,10 +78,11 @@ class Plan:
     levels: tuple[int, ...]  # conversations at once
     concurrency_turns: int  # per conversation at each level
     cold_starts: int
+    human_trials: int  # half as recorded, half with a pause inserted mid-sentence
 
 
-FULL = Plan(8, 4, 5, 5, (1, 2, 4, 8), 2, 2)
-QUICK = Plan(2, 4, 2, 2, (1, 2, 4), 2, 1)
+FULL = Plan(8, 4, 5, 5, (1, 2, 4, 8), 2, 2, 48)
+QUICK = Plan(2, 4, 2, 2, (1, 2, 4), 2, 1, 12)
 
 
 class Progress:
@@ -92,21 +94,21 @@ class Progress:
         print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {line}", flush=True)
 
 
-SCENARIOS = ("latency", "turn_taking", "interruption", "concurrency")
+SCENARIOS = ("latency", "turn_taking", "interruption", "concurrency", "human")
 
 
 async def bench_system(
     system: System,
     creds: Credentials,
     plan: Plan,
-    material: tuple[list[Recording], list[PausedQuestion]],
+    material: tuple[list[Recording], list[PausedQuestion], list[PausedQuestion]],
     scenarios: tuple[str, ...],
     say: Progress,
     run_id: str,
     others: dict[str, int],
 ) -> dict[str, Any]:
     began = time.monotonic()
-    recs, paused = material
+    recs, paused, human = material
     say(f"== {system.name}: starting (cold start 1/{plan.cold_starts})")
     load_before = os.getloadavg()
     cold = [await system.start()]
@@ -123,6 +125,7 @@ async def bench_system(
         "turn_taking": [],
         "interruption": [],
         "concurrency": {"turns": [], "levels": []},
+        "human": [],
     }
     try:
         say(f"-- {system.name}: warm-up conversation (not counted)")
@@ -144,6 +147,10 @@ async def bench_system(
             say(f"-- {system.name}: interruption, {plan.interruptions} trials")
             result["interruption"] = await run_interruption(bench, LONG_ANSWERS[: plan.interruptions])
             timing["interruption"] = round(time.monotonic() - began - sum(timing.values()), 1)
+        if "human" in scenarios:
+            say(f"-- {system.name}: human speech, {len(human)} recordings of real people")
+            result["human"] = await run_turn_taking(bench, human, scenario="human")
+            timing["human"] = round(time.monotonic() - began - sum(timing.values()), 1)
         if "concurrency" in scenarios:
             say(f"-- {system.name}: concurrency {list(plan.levels)}")
             turns, levels = await run_concurrency(
@@ -221,8 +228,9 @@ async def main(args: argparse.Namespace) -> Path:
         f"scenarios: {', '.join(scenarios)}"
     )
     say("making the recordings (Piper, Piper slow, espeak-ng, flite) ...")
-    material = (recordings(), paused_questions(PAUSES_MS, plan.paused_sentences))
-    say(f"{len(material[0])} questions, {len(material[1])} with a pause")
+    human = human_recordings(plan.human_trials) if "human" in scenarios else []
+    material = (recordings(), paused_questions(PAUSES_MS, plan.paused_sentences), human)
+    say(f"{len(material[0])} questions, {len(material[1])} with a pause, {len(material[2])} of real people")
     described = [
         {"name": r.name, "voice": r.voice, "text": r.text, "seconds": round(r.audio.duration, 3),
          "speech": [round(x, 3) for x in speech_bounds(r.audio)],
@@ -276,6 +284,15 @@ async def main(args: argparse.Namespace) -> Path:
     print(summary)
     say(f"summary and plots in {out_dir}")
     return path
+
+
+def human_recordings(trials: int) -> list[PausedQuestion]:
+    import human_speech
+
+    if missing := human_speech.missing_packages():
+        need = " ".join(missing)
+        raise SystemExit(f"the human scenario needs (bin/setup, as root): apt-get install {need}")
+    return human_speech.spoken_sentences(trials)
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -2,6 +2,7 @@
 
     latency        complete questions, several turns per conversation: voice-to-voice at the client
     turn_taking    questions with a pause mid-sentence: was the speaker cut off? answered after?
+    human          recordings of real people, as said and with a pause inserted mid-sentence
     interruption   talk over a long answer: when did the agent's audio stop at the client?
     concurrency    1, 2, 4, 8 conversations at once, each in its own room: latency, CPU, memory
 
@@ -167,8 +168,10 @@ def _line(turn: dict[str, Any]) -> str:
 
 # -- turn-taking --------------------------------------------------------------------------------------
 async def run_turn_taking(
-    bench: Bench, questions: list[PausedQuestion], per_room: int = 6
+    bench: Bench, questions: list[PausedQuestion], per_room: int = 6, scenario: str = "turn_taking"
 ) -> list[dict[str, Any]]:
+    """Say each question; a reply begun before its last word is a cut-off. With `pause_ms` 0 the
+    question is said as recorded, and `first_end` is where its speech begins."""
     total = len(questions)
     done = 0
 
@@ -194,7 +197,7 @@ async def run_turn_taking(
                 await asyncio.sleep(0.2)
             reply_text = caller.agent_text(first_end)
             trial: dict[str, Any] = {
-                "scenario": "turn_taking", "recording": q.name, "pause_ms": q.pause_ms,
+                "scenario": scenario, "recording": q.name, "pause_ms": q.pause_ms,
                 "question": f"{q.first} ... {q.second}", "sent": spoken.sent,
                 "first_end": first_end, "second_start": second_start, "speech_end": spoken.speech_end,
                 "first_audio": first, "cut_off": cut_off,
@@ -207,7 +210,7 @@ async def run_turn_taking(
             done += 1
             verdict = "CUT OFF" if cut_off else ("answered" if answer else "no answer")
             bench.say(
-                f"  [{bench.system.name} turn-taking {done}/{total}] {q.name} {q.first!r} ... {q.second!r}: "
+                f"  [{bench.system.name} {scenario} {done}/{total}] {q.name} {q.first!r} ... {q.second!r}: "
                 f"{verdict}" + (f" ({trial['latency_ms']:.0f} ms)" if trial["latency_ms"] is not None else "")
             )
             await asyncio.sleep(SETTLE)
@@ -216,7 +219,7 @@ async def run_turn_taking(
     out: list[dict[str, Any]] = []
     for i in range(0, total, per_room):
         batch = questions[i : i + per_room]
-        out += await conversation(bench, bench.room(f"pause{i}"), partial(steps, batch=batch))
+        out += await conversation(bench, bench.room(f"{scenario}{i}"), partial(steps, batch=batch))
     return out
 
 

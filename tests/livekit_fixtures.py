@@ -37,6 +37,11 @@ async def agents_in(server: LiveKitServer, room: str) -> list[str]:
     return await _agents_in(server.creds, room)
 
 
+# Set-up bound: a dispatched agent joins and says it is listening. Alone ~1 s; beside a CPU
+# burner and another test run it took over 15 s. No test here measures that time.
+AGENT_READY = 30.0
+
+
 def listening(caller: Caller) -> bool:
     """The agent in the caller's room says it is listening (its latest `lk.agent.state`)."""
     return caller.state_path()[-1:] == ["listening"]

@@ -24,6 +24,7 @@ import pytest
 from helpers import join, transcribe, words
 from livekit import rtc
 from livekit_fixtures import (
+    AGENT_READY,
     Caller,
     LiveKitServer,
     agents_in,
@@ -95,7 +96,7 @@ async def test_sigterm_finishes_the_reply_being_spoken_takes_no_new_room_and_exi
     await dispatch(livekit_server, "vc-drain", "drain-a")
     caller = callers("alice")
     await asyncio.wait_for(caller.join(livekit_server.creds, "drain-a"), 15)
-    await poll(partial(listening, caller), 20)
+    await poll(partial(listening, caller), AGENT_READY)
     await asyncio.sleep(0.5)
 
     _, speech_end = await caller.speak(say("What is the capital of France?"))
@@ -135,7 +136,7 @@ async def test_a_turn_still_going_at_the_deadline_does_not_hold_up_the_exit(
     caller = callers("bob")
     await serve.wait_for("joined room drain-fixed")
     await asyncio.wait_for(caller.join(livekit_server.creds, "drain-fixed"), 15)
-    await poll(partial(listening, caller), 20)
+    await poll(partial(listening, caller), AGENT_READY)
     await asyncio.sleep(0.5)
     # One long sentence held open by "and": no endpoint, the turn goes on for ~15 s.
     monologue = say(
@@ -194,7 +195,7 @@ async def test_a_burst_of_rooms_above_capacity_is_refused_and_the_accepted_ones_
         await asyncio.wait_for(caller.join(livekit_server.creds, room), 15)
         answers: list[str] = []
         for attempt in (1, 2):
-            await poll(partial(listening, caller), 20)
+            await poll(partial(listening, caller), AGENT_READY)
             await asyncio.sleep(0.5)
             await caller.speak(say(questions[room][0]))
             await reply_done(caller, finals=attempt, within=60)
@@ -214,16 +215,19 @@ async def test_a_burst_of_rooms_above_capacity_is_refused_and_the_accepted_ones_
 async def test_a_burst_of_people_into_one_room_is_answered_with_a_warning(
     livekit_server: LiveKitServer, start_serve: StartServe, callers, say
 ):
-    serve = await start_serve("--room", "crowd", "--no-http", livekit_max_conversations="2")
+    serve = await start_serve("--room", "crowd", "--no-http", "--verbose", livekit_max_conversations="2")
     await serve.wait_for("joined room crowd")
     crowd = [callers(f"person-{i}") for i in range(8)]
     await asyncio.gather(*(asyncio.wait_for(c.join(livekit_server.creds, "crowd"), 30) for c in crowd))
     await serve.wait_for("over the capacity of 2", 30)
     last = crowd[-1]  # the eighth person: six beyond capacity, answered all the same
-    await poll(partial(listening, last), 20)
+    await poll(partial(listening, last), AGENT_READY)
     await asyncio.sleep(0.5)
     await last.speak(say("What is the capital of France?"))
-    await reply_done(last, finals=1, within=60)
+    try:
+        await reply_done(last, finals=1, within=60)
+    except TimeoutError:  # once in a CI run, with nothing in the log to say why: keep it all
+        pytest.fail(f"no answer within 60 s; the agent's log:\n{serve.output()[-6000:]}")
     # Answered, not apologised to (what it answers is Whisper tiny's and SmolLM2's business:
     # "France" is sometimes heard as "friends").
     mine = [t.text for t in last.transcripts if t.sender == last.identity and t.final]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from voicecore.config import TurnConfig
 from voicecore.tts.chunker import MAX_CHUNK_WORDS, SentenceChunker, clean_for_speech
-from voicecore.turn.endpoint import endpoint_delay, sounds_complete
+from voicecore.turn.endpoint import endpoint_delay
 from voicecore.turn.machine import Action, TurnMachine
 from voicecore.turn.vad import VadEvent
 
@@ -66,50 +66,20 @@ def test_a_run_on_reply_is_still_spoken_in_bounded_pieces():
     assert stream(SentenceChunker(), "") == stream(SentenceChunker(), " ... ?! ") == []
 
 
-def test_sounds_complete():
-    assert sounds_complete("What is the capital of France?")
-    assert sounds_complete("Tell me a joke.")
-    assert not sounds_complete("What is the capital of")
-    assert not sounds_complete("I want to go to the store and")
-    assert not sounds_complete("My number is 555 12")
-    assert not sounds_complete("My number is 555 12.")  # Whisper often closes with a period
-    assert sounds_complete("What is 2 plus 2?")
-    assert not sounds_complete("So, um...")
-    assert not sounds_complete("")
-
-
-def test_a_question_that_stops_at_its_subject_is_not_complete():
-    # Whisper closes "What do bees" with a question mark; the verb that makes it a question is missing.
-    assert not sounds_complete("What do bees?")
-    assert not sounds_complete("How many legs does a spider?")
-    assert not sounds_complete("What does the sun?")
-    assert not sounds_complete("Thanks. Where can I?")
-    assert sounds_complete("What do bees make?")
-    assert sounds_complete("How many legs does a spider have?")
-    assert sounds_complete("What do you think?")
-    assert sounds_complete("Who wrote the play?")
-    assert sounds_complete("What do these make?")  # a demonstrative can be the whole subject
-    assert sounds_complete("What do those cost?")
-    assert not sounds_complete("What does your dog?")
-    assert sounds_complete("Why do birds sing?")
-
-
-def test_a_question_may_end_on_a_verb_after_its_subject():
-    # "do", "mean", "is" usually promise more; after their subject, at a question mark, they close
-    assert sounds_complete("What does that mean?")
-    assert sounds_complete("What do you do?")
-    assert sounds_complete("Do you know who he is?")
-    assert not sounds_complete("I mean")
-    assert not sounds_complete("The capital of France is")
-    assert not sounds_complete("What is?")  # too short to have its subject
-    assert not sounds_complete("So what you mean")  # no question mark: the speaker may go on
-
-
-def test_endpoint_delay_is_long_until_words_are_known():
+def test_endpoint_delay_follows_how_likely_the_words_are_a_whole_message():
     cfg = TurnConfig()
-    assert endpoint_delay(None, cfg) == cfg.max_endpoint_delay
-    assert endpoint_delay("What is the capital of", cfg) == cfg.max_endpoint_delay
-    assert endpoint_delay("What is the capital of France?", cfg) == cfg.min_endpoint_delay
+    short, long = cfg.min_endpoint_delay, cfg.max_endpoint_delay
+    assert endpoint_delay(None, cfg) == long  # no answer yet: only the ceiling ends the turn
+    assert endpoint_delay("What is the capital of France?", cfg) == long
+    assert endpoint_delay("What is the capital of France?", cfg, 0.02) == short
+    assert endpoint_delay("What is the capital of", cfg, 1e-9) == long
+    assert endpoint_delay("Hello", cfg, cfg.end_likely) == short
+    assert endpoint_delay("Hello", cfg, cfg.end_unlikely) == long
+    middle = endpoint_delay("Hello", cfg, (cfg.end_likely * cfg.end_unlikely) ** 0.5)
+    assert abs(middle - (short + long) / 2) < 1e-9  # a straight line on a log scale
+    # trailing off, in any script Whisper writes, is mid-thought whatever the model says
+    for trailing in ("So, um...", "I think,", "Je pense que…", "我想，", "Well -"):
+        assert endpoint_delay(trailing, cfg, 0.5) == long, trailing
 
 
 def run(machine: TurnMachine, until: int, step: int = 320) -> list[Action]:
@@ -131,6 +101,9 @@ def test_machine_waits_the_long_delay_after_an_incomplete_phrase():
     assert [d.action for d in m.on_vad(VadEvent("start", 28000))] == [Action.CANCEL_SPECULATION]
     m.on_vad(VadEvent("end", 40000))
     m.on_transcript("What is the capital of France?")
+    m.on_end_probability(0.02, 16000)  # about the earlier pause: dropped
+    assert m.end_probability is None
+    m.on_end_probability(0.02, 40000)
     actions = [d.action for now in range(40000, 40000 + 16000, 320) for d in m.on_time(now)]
     assert actions == [Action.SPECULATE, Action.COMMIT]
 
@@ -144,6 +117,7 @@ def test_speculation_starts_at_the_first_quiet_window_and_stops_if_speech_resume
     assert run(m, 16000 + 3200) == []  # speaking again: nothing until the next pause
     m.on_vad(VadEvent("pause", 24000))
     m.on_transcript("What is the capital of France?")
+    m.on_end_probability(0.02, 24000)
     assert [d.action for d in m.on_time(24000 + 512)] == [Action.SPECULATE]
     m.on_vad(VadEvent("end", 24000))  # the VAD is sure now: the same speculation goes on
     assert m.speech_end == 24000

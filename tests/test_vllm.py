@@ -106,6 +106,20 @@ async def test_pieces_stream_as_they_are_generated(models):
     assert models.llm.active_requests == 0
 
 
+async def test_the_end_of_a_message_reads_as_on_llama_cpp(models):
+    """The endpoint's question (turn/endpoint.py) on vLLM: words that go on are held for the long
+    delay, a whole question gets the short one."""
+    from voicecore.config import TurnConfig
+    from voicecore.turn.endpoint import endpoint_delay
+
+    cfg = TurnConfig()
+    fragment = await models.llm.message_end("What is the capital of")
+    whole = await models.llm.message_end("What is the capital of France?")
+    assert endpoint_delay("What is the capital of", cfg, fragment) >= 1.25, fragment
+    assert endpoint_delay("What is the capital of France?", cfg, whole) == cfg.min_endpoint_delay, whole
+    assert await models.llm.message_end("...") is None  # no words: nothing to ask
+
+
 async def test_barge_in_aborts_the_request_and_frees_its_slot(models, config, say):
     storyteller = dataclasses.replace(
         config, llm=dataclasses.replace(config.llm, system_prompt="You tell long stories.")

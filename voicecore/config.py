@@ -35,10 +35,13 @@ class VadConfig:
 
 @dataclass
 class TurnConfig:
-    # Silence after speech that commits the turn. Short when the words heard so far end like a
-    # finished sentence, long after "and", "um", "of" and other words that promise more.
+    # Silence after speech that commits the turn (turn/endpoint.py): min_endpoint_delay when the
+    # chat model finds the words a whole message (P >= end_likely), max_endpoint_delay when it
+    # expects more (P <= end_unlikely: "What is the capital of"); max is also the ceiling.
     min_endpoint_delay: float = 0.4
-    max_endpoint_delay: float = 1.4
+    max_endpoint_delay: float = 2.0
+    end_likely: float = 1e-6
+    end_unlikely: float = 1e-8
     speculation_delay: float = 0.0  # silence before the speculative STT -> LLM -> TTS start
     # (0: at the VAD's first quiet window, before it is sure of the end after min_silence_ms)
     # Start the final transcript once the sound has stopped for 48 ms, before Silero's first quiet
@@ -228,6 +231,12 @@ def load_config(
         section, _, name = dotted.partition(".")
         nested.setdefault(section, {})[name] = value
     _apply(config, nested, source="command line")
+    turn = config.turn
+    if not 0 < turn.end_unlikely < turn.end_likely <= 1:
+        raise ConfigError(
+            f"turn.end_unlikely ({turn.end_unlikely}) and turn.end_likely ({turn.end_likely}) must be "
+            "probabilities with 0 < end_unlikely < end_likely <= 1"
+        )
     return config
 
 

@@ -82,6 +82,12 @@ class FirstAudioGate:
             self._open.wait_for(lambda: self._looked > before or self._synthesising > 0, self.MAX_WAIT)
             return self._synthesising > 0
 
+    def wait_for_synthesis(self, timeout: float) -> bool:
+        """From a worker thread: until a first audio is being synthesised (the LLM steps aside
+        then, leaving a core), at most `timeout` seconds. True if one is."""
+        with self._open:
+            return self._open.wait_for(lambda: self._synthesising > 0, timeout)
+
     def wait(self) -> None:
         """From a worker thread, between two steps of less urgent work."""
         with self._open:

@@ -24,6 +24,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
 from voicecore.agent import Agent
 from voicecore.audio.frames import RECOGNITION_RATE, AudioFrame
@@ -37,6 +38,7 @@ from voicecore.pipeline import Models
 from voicecore.reply import Reply, ReplyContext, ReplyOutcome
 from voicecore.stt.base import Transcript
 from voicecore.transcribing import Transcribing
+from voicecore.turn.judging import EndOfTurnJudge
 from voicecore.turn.machine import Action, Decision, TurnMachine
 from voicecore.turn.state import AgentState, TurnState, agent_state
 
@@ -76,6 +78,7 @@ class Session:
         self._vad = models.vad.stream(config.vad)
         self._machine = TurnMachine(config.turn, quietest=self._vad.quietest)
         self._words = Transcribing(models.stt, config, self._machine, self, self._heard_so_far)
+        self._judge = EndOfTurnJudge(self._machine, getattr(models.llm, "message_end", None))
         self._reply: Reply | None = None
         self._turns = 0
         self._idle = asyncio.Event()
@@ -131,7 +134,7 @@ class Session:
             turn.extra["early_transcript"] = True
         reply = Reply.answer(
             self._ctx, turn, transcript, self.history,
-            on_transcript=self._machine.on_transcript, on_first_frame=self._agent_speaking,
+            on_transcript=partial(self._judge.heard, turn.extra), on_first_frame=self._agent_speaking,
         )  # fmt: skip
         self._follow(reply)
 
@@ -284,6 +287,7 @@ class Session:
             reply.cancel()
             await reply.wait_closed()
         await self._words.aclose()
+        await self._judge.aclose()
         self.sink.clear_queue()
         self._idle.set()
         self.models.llm.forget(self.history.messages())

@@ -39,6 +39,7 @@ from typing import Any
 from voicecore.config import LlmConfig
 from voicecore.errors import ConfigError
 from voicecore.llm.base import Message, chat, common_prefix
+from voicecore.llm.message_end import MessageEnd
 from voicecore.llm.tool_choice import (
     MAX_STRING,
     ToolChooser,
@@ -55,6 +56,7 @@ from voicecore.tools import Tool, ToolCall
 log = logging.getLogger(__name__)
 
 _DONE = object()
+JUDGE_WAIT = 0.15  # s after the transcript: the answer is wanted by the 0.4 s endpoint
 _CUT = "\ue000"  # marks where a prompt read ahead ends (a private-use character nobody says)
 SAVED_CONTEXTS_BYTES = 128 << 20  # KV cells kept for conversations switched away from
 # A token on N threads that got less than this share of N x its wall time in CPU time, and took
@@ -108,6 +110,11 @@ class LlamaCppEngine:
         self._ahead: list[dict[str, str]] | None = None  # the latest prompt to read ahead
         self._ahead_lock = threading.Lock()
         self._chooser: ToolChooser | None = None  # made at the first request with tools
+        # The end-of-message question has a context and a thread of its own: on the LLM's
+        # worker it would make the reply's first token wait (or wait behind whole replies). It
+        # runs while the reply's first clause is synthesised, when the LLM steps aside.
+        self._judge = self._scheduler.worker("llm-judge")
+        self._ender: MessageEnd | None = None  # made at the first end-of-message question
         self._grammars: dict[str, Any] = {}  # tool name -> its arguments' grammar
 
     def count_tokens(self, text: str) -> int:
@@ -227,6 +234,23 @@ class LlamaCppEngine:
         )
         return str(out["choices"][0]["message"]["content"] or "")  # type: ignore[index]
 
+    async def message_end(self, text: str) -> float | None:
+        """P(the person's words are a whole message) (voicecore.llm.message_end); None without
+        a chat template (no end-of-message token to ask about) or words."""
+        if self._template is None:
+            return None
+        return await self._judge.run(partial(self._message_end, text), CRITICAL)
+
+    def _message_end(self, text: str) -> float | None:
+        """Judge thread: one core, a few dozen tokens, in the gap the reply leaves while its
+        first audio is made (or after JUDGE_WAIT if none comes: no reply, a slow one)."""
+        self._scheduler.first_audio.wait_for_synthesis(JUDGE_WAIT)
+        if self._ender is None:
+            rendered = self._template(messages=[{"role": "user", "content": _CUT}]).prompt
+            before, _, after = rendered.partition(_CUT)
+            self._ender = MessageEnd(self._llama, before, after, threads=1)
+        return self._ender.probability(text)
+
     def _render_turn(self, system: str, user: str) -> tuple[str, str]:
         """The chat template's text before and after a user's words, under one system line."""
         if self._template is None:
@@ -341,10 +365,14 @@ class LlamaCppEngine:
         return self._worker.last_progress
 
     def close(self) -> None:
+        judged = self._judge.close()
+        if judged and self._ender is not None:
+            self._ender.close()
         if self._worker.close():
             if self._chooser is not None:
                 self._chooser.close()
-            self._llama.close()  # freed now, not during interpreter teardown
+            if judged:  # a judge still decoding reads the weights
+                self._llama.close()  # freed now, not during interpreter teardown
 
 
 @dataclass

@@ -79,13 +79,13 @@ class ToolChooser:
         words = llama.tokenize(user_text.encode("utf-8"), add_bos=False, special=False)[:MAX_WORDS]
         batch.reset()
         for seq, (length, _) in enumerate(self._heads):
-            _add(batch, words, seq, start=length)
+            add_tokens(batch, words, seq, start=length)
         self._ctx.decode(batch)
         scores = []
         for seq, (length, first) in enumerate(self._heads):
             rows = [first, *(self._logits(seq * len(words) + k) for k in range(len(words) - 1))]
             pairs = zip(rows, words, strict=True)
-            scores.append(float(sum(_log_softmax(row)[token] for row, token in pairs)))
+            scores.append(float(sum(log_softmax(row)[token] for row, token in pairs)))
             self._ctx.kv_cache_seq_rm(seq, length, -1)  # the words go; the system line stays
         return scores
 
@@ -99,15 +99,14 @@ class ToolChooser:
         ]
         batch.reset()
         for seq, head in enumerate(heads):
-            _add(batch, head, seq, start=0)
+            add_tokens(batch, head, seq, start=0)
         self._ctx.decode(batch)
         ends = np.cumsum([len(h) for h in heads]) - 1
         self._heads = [(len(h), self._logits(int(end)).copy()) for h, end in zip(heads, ends, strict=True)]
         self._systems = list(systems)
 
     def _logits(self, index: int) -> np.ndarray:
-        pointer = self._ctx.get_logits_ith(index)
-        return np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), (self._vocab,))
+        return logits_of(self._ctx, index, self._vocab)
 
     def close(self) -> None:
         self._batch.close()
@@ -131,8 +130,9 @@ def _asks_for(tool: Tool) -> str:
     return f"The user asks for: {tool.description[:MAX_DESCRIPTION]}"
 
 
-def _add(batch: Any, tokens: list[int], seq: int, start: int) -> None:
-    """Append `tokens` to `batch` for sequence `seq` at positions from `start`, logits for each."""
+def add_tokens(batch: Any, tokens: list[int], seq: int, start: int, logits: bool = True) -> None:
+    """Append `tokens` to `batch` for sequence `seq` at positions from `start` (with `logits`:
+    each gets its logits)."""
     raw = batch.batch
     for i, token in enumerate(tokens):
         j = raw.n_tokens
@@ -140,11 +140,17 @@ def _add(batch: Any, tokens: list[int], seq: int, start: int) -> None:
         raw.pos[j] = start + i
         raw.seq_id[j][0] = seq
         raw.n_seq_id[j] = 1
-        raw.logits[j] = True
+        raw.logits[j] = logits
         raw.n_tokens += 1
 
 
-def _log_softmax(row: np.ndarray) -> np.ndarray:
+def logits_of(ctx: Any, index: int, vocab: int) -> np.ndarray:
+    """The logits of the batch's `index`-th token (a view into the context's buffer)."""
+    pointer = ctx.get_logits_ith(index)
+    return np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), (vocab,))
+
+
+def log_softmax(row: np.ndarray) -> np.ndarray:
     shifted = row - row.max()
     return shifted - np.log(np.exp(shifted).sum())
 

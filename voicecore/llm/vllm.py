@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 from voicecore.config import LlmConfig
 from voicecore.errors import ConfigError
 from voicecore.llm.base import Message, chat, common_prefix
+from voicecore.llm.message_end import plain_words
 from voicecore.llm.tool_choice import (
     arguments_instruction,
     arguments_schema,
@@ -167,24 +169,41 @@ class VllmEngine:
         arguments = parse_arguments(text)
         return ToolCall(chosen.name, arguments) if arguments is not None else None
 
+    async def message_end(self, text: str) -> float | None:
+        """P(the person's words are a whole message), as on llama.cpp (voicecore.llm.message_end):
+        the end-of-message token's probability right after the words, from one scoring request."""
+        words = plain_words(text)
+        if not words:
+            return None
+        empty = (await self._render([Message("user", "")]))["prompt_token_ids"]
+        prompt = await self._render([Message("user", words)])
+        ids = prompt["prompt_token_ids"]
+        end = len(ids) - (len(empty) - common_prefix(empty, ids))  # the end-of-message token
+        return math.exp((await self._prompt_logprobs(prompt))[end])
+
+    async def _prompt_logprobs(self, prompt: Any) -> list[float]:
+        """log P(each prompt token | those before it); 0 for the first."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        request_id = f"voicecore-score-{next(_request_ids)}"
+        ids = prompt["prompt_token_ids"]
+        out = [0.0] * len(ids)
+        async with contextlib.aclosing(self._engine.generate(prompt, params, request_id)) as outputs:
+            async for output in outputs:
+                if output.finished and output.prompt_logprobs:
+                    out = [0.0] + [output.prompt_logprobs[i][ids[i]].logprob for i in range(1, len(ids))]
+        self.last_progress = time.monotonic()
+        return out
+
     async def _words_logprob(self, system: str, words: str) -> float:
         """log P(words | a system line), as the chat template frames a user's message."""
-        from vllm import SamplingParams
 
         empty = await self._render([Message("system", system), Message("user", "")])
         full = await self._render([Message("system", system), Message("user", words)])
         start = common_prefix(empty["prompt_token_ids"], full["prompt_token_ids"])
         end = len(full["prompt_token_ids"]) - (len(empty["prompt_token_ids"]) - start)
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        request_id = f"voicecore-score-{next(_request_ids)}"
-        total = 0.0
-        async with contextlib.aclosing(self._engine.generate(full, params, request_id)) as outputs:
-            async for output in outputs:
-                if output.finished and output.prompt_logprobs:
-                    ids = full["prompt_token_ids"]
-                    total = sum(output.prompt_logprobs[i][ids[i]].logprob for i in range(start, end))
-        self.last_progress = time.monotonic()
-        return total
+        return sum((await self._prompt_logprobs(full))[start:end])
 
     def close(self) -> None:
         engine, self._engine = self._engine, None

@@ -60,6 +60,7 @@ class TurnMachine:
         self.utterance_start = 0  # first sample of the current user utterance
         self.speech_end = 0  # estimated end of the user's speech
         self.transcript: str | None = None  # words heard in the current utterance, if known
+        self.end_probability: float | None = None  # P(whole message) for this pause's words
         self._speculating = False
         self._barge_start: int | None = None
         self._user_speaking = False
@@ -114,7 +115,7 @@ class TurnMachine:
             decisions: list[Decision] = []
             if not self._speculating and silence >= cfg.speculation_delay:
                 decisions.append(self._speculate())
-            if silence >= endpoint_delay(self.transcript, cfg):
+            if silence >= endpoint_delay(self.transcript, cfg, self.end_probability):
                 decisions += self._commit(now, speculate_first=not self._speculating)
             return decisions
         if self._cut and self.state is TurnState.AGENT_THINKING:
@@ -127,6 +128,12 @@ class TurnMachine:
     def on_transcript(self, text: str) -> None:
         """The words of the current utterance so far (interim or speculative final)."""
         self.transcript = text
+
+    def on_end_probability(self, probability: float | None, speech_end: int) -> None:
+        """The chat model's P(whole message) for the words before the pause after `speech_end`;
+        dropped when the person has spoken since (it was about an earlier pause)."""
+        if self.state is TurnState.USER_PAUSED and speech_end == self.speech_end:
+            self.end_probability = probability
 
     def agent_says(self) -> bool:
         """The agent wants the floor on its own (a greeting): granted while nobody speaks."""
@@ -153,6 +160,7 @@ class TurnMachine:
         self._speculating = False
         self._barge_start = None
         self.transcript = None
+        self.end_probability = None
         self.early_transcript = None
 
     def agent_speaking(self) -> None:
@@ -179,6 +187,7 @@ class TurnMachine:
         if self.state is TurnState.USER_PAUSED:
             self.state = TurnState.USER_SPEAKING
             self.transcript = None
+            self.end_probability = None
             if self._speculating:
                 self._speculating = False
                 return [Decision(Action.CANCEL_SPECULATION, sample)]
@@ -194,6 +203,7 @@ class TurnMachine:
             # Nothing was heard yet: the user was not done. Same utterance, reply cancelled.
             self.state = TurnState.USER_SPEAKING
             self.transcript = None
+            self.end_probability = None
             self._speculating = False
             return [Decision(Action.REOPEN, barge_start)]
         self._start_utterance(barge_start)
@@ -243,6 +253,7 @@ class TurnMachine:
         self.state = TurnState.USER_SPEAKING
         self.utterance_start = sample
         self.transcript = None
+        self.end_probability = None
         self._speculating = False
         self._saying = False
         self.early_transcript = None
