@@ -24,21 +24,20 @@ choice: docs/decisions.md.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import logging
 import os
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from voicecore.config import LlmConfig
 from voicecore.errors import ConfigError
-from voicecore.llm.base import Message, chat, common_prefix
+from voicecore.llm.base import Message, chat
+from voicecore.llm.contexts import Contexts
 from voicecore.llm.message_end import MessageEnd
 from voicecore.llm.tool_choice import (
     MAX_STRING,
@@ -58,7 +57,6 @@ log = logging.getLogger(__name__)
 _DONE = object()
 JUDGE_WAIT = 0.15  # s after the transcript: the answer is wanted by the 0.4 s endpoint
 _CUT = "\ue000"  # marks where a prompt read ahead ends (a private-use character nobody says)
-SAVED_CONTEXTS_BYTES = 128 << 20  # KV cells kept for conversations switched away from
 # A token on N threads that got less than this share of N x its wall time in CPU time, and took
 # SLOWER times the fastest token yet (or got under half that share): other programs hold the
 # cores. A little less CPU (a client on the same box) is no reason. Every core is tried again
@@ -105,7 +103,7 @@ class LlamaCppEngine:
         self.context_tokens = config.context_tokens
         self._scheduler = scheduler or Scheduler()
         self._worker = self._scheduler.worker("llm")
-        self._contexts = Contexts(self._llama, SAVED_CONTEXTS_BYTES)
+        self._contexts = Contexts(self._llama)
         self._template = _template(self._llama)
         self._ahead: list[dict[str, str]] | None = None  # the latest prompt to read ahead
         self._ahead_lock = threading.Lock()
@@ -375,79 +373,6 @@ class LlamaCppEngine:
                 self._llama.close()  # freed now, not during interpreter teardown
 
 
-@dataclass
-class _Kept:
-    messages: list[dict[str, str]]  # what the context held: a prompt and the reply generated to it
-    tokens: list[int]
-    cells: ctypes.Array[ctypes.c_uint8]  # llama.cpp's KV cells of sequence 0
-
-
-class Contexts:
-    """The LLM context of each recent conversation, known by the messages it holds. Worker thread
-    only. A request goes to the context sharing the most leading messages with it: the current
-    one unless a kept one shares more than it and the system prompt; llama-cpp-python then
-    reads only the tokens past the longest common prefix."""
-
-    def __init__(self, llama: Any, max_bytes: int) -> None:
-        self._llama = llama
-        self._max_bytes = max_bytes
-        self._holds: list[dict[str, str]] = []
-        self._kept: list[_Kept] = []  # oldest first
-        self.switches = 0
-
-    def now_holds(self, messages: list[dict[str, str]]) -> None:
-        self._holds = messages
-
-    def switch_to(self, prompt: list[dict[str, str]]) -> None:
-        here = common_prefix(self._holds, prompt)
-        best = max(self._kept, key=lambda k: common_prefix(k.messages, prompt), default=None)
-        best_shares = common_prefix(best.messages, prompt) if best is not None else 0
-        if here > 1 and best_shares <= here:
-            return  # the context in place is this conversation's
-        if best is not None and best_shares > 1:
-            self._kept.remove(best)
-        else:
-            best = None  # a new conversation: it starts after the system prompt in place
-        if len(self._holds) > 1:
-            self._keep()  # another conversation's, which will speak again
-        if best is not None:
-            self._restore(best)
-            self.switches += 1
-
-    def forget(self, history: list[dict[str, str]]) -> None:
-        """Drop the contexts kept for the conversation that ended with `history`: each holds a
-        prompt that `history` begins with, and the reply to it. Kept ones are otherwise let go
-        only when the bound is reached, so ended conversations held up to SAVED_CONTEXTS_BYTES."""
-        self._kept = [k for k in self._kept if not _ends_in(k.messages, history)]
-        if _ends_in(self._holds, history):
-            self._holds = self._holds[:1]  # the system prompt is all worth keeping in place
-
-    def _keep(self) -> None:
-        import llama_cpp
-
-        ctx = self._llama._ctx.ctx
-        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
-        cells = (ctypes.c_uint8 * size)()
-        if llama_cpp.llama_state_seq_get_data(ctx, cells, size, 0) != size:
-            return
-        tokens = self._llama.input_ids[: self._llama.n_tokens].tolist()
-        self._kept.append(_Kept(self._holds, tokens, cells))
-        while sum(len(k.cells) for k in self._kept) > self._max_bytes:
-            self._kept.pop(0)
-
-    def _restore(self, kept: _Kept) -> None:
-        import llama_cpp
-
-        self._llama._ctx.kv_cache_seq_rm(0, -1, -1)
-        if not llama_cpp.llama_state_seq_set_data(self._llama._ctx.ctx, kept.cells, len(kept.cells), 0):
-            self._llama.n_tokens = 0  # an empty context: the prompt is read whole
-            self._holds = []
-            return
-        self._llama.input_ids[: len(kept.tokens)] = kept.tokens
-        self._llama.n_tokens = len(kept.tokens)
-        self._holds = kept.messages
-
-
 def _template(llama: Any) -> Any:
     """The chat template llama-cpp-python formats prompts with, when it is the model's own (a
     Jinja template in the GGUF); None otherwise (nothing is read ahead)."""
@@ -463,9 +388,3 @@ def _template(llama: Any) -> Any:
     return llama_chat_format.Jinja2ChatFormatter(
         template=source, eos_token=token(llama.token_eos()), bos_token=token(llama.token_bos())
     )
-
-
-def _ends_in(kept: list[dict[str, str]], history: list[dict[str, str]]) -> bool:
-    """`kept` (a prompt and its reply) is an earlier state of the conversation `history`."""
-    prompt = kept[:-1]
-    return len(prompt) > 1 and history[: len(prompt)] == prompt
