@@ -234,6 +234,8 @@ class Session:
         else:
             reply.cancel()
             self._reply = None
+            if reply.turn.turn and reply.turn.turn == self._turns:
+                self._turns -= 1  # never recorded: its number is the next try's (no gap in the log)
 
     def _agent_speaking(self) -> None:
         self._machine.agent_speaking()
