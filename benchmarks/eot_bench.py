@@ -43,6 +43,7 @@ from voicecore.turn.endpoint import endpoint_delay  # noqa: E402
 SR = 16_000
 FIRST_LOOK = 0.1  # the VAD's first quiet window comes 50-120 ms after the audible end
 RESULTS = Path(__file__).parent / "results"
+FIXED_SILENCES = (0.3, 0.6, 1.0)  # summary rows: common fixed endpointing delays
 
 
 @dataclass
@@ -202,6 +203,13 @@ def summary(result: dict[str, Any]) -> str:
             at5 = f"{best['latency_mean_ms']} ms ({best['knobs']})" if best else "-"
             lines.append(f"| {name} (defaults) | {cuts} | {d['latency_mean_ms']}, {d['latency_p50_ms']}, "
                          f"{d['latency_p90_ms']} ms | {at5} |")  # fmt: skip
+        for row in g["policies"]["vad"]["sweep"]:  # what a fixed-silence endpointer costs at each
+            if row["knobs"]["silence"] in FIXED_SILENCES:
+                cuts = " / ".join(
+                    _pct(row[k]) for k in ("cutoff_rate", "cutoff_rate_holds_0.5s+", "cutoff_rate_holds_1s+")
+                )
+                lines.append(f"| fixed silence {row['knobs']['silence']} s | {cuts} | "
+                             f"{row['latency_mean_ms']} ms | |")  # fmt: skip
         lines.append("")
     cost = result["llm_cost_ms"]
     lines.append(f"P(whole message) per decision: p50 {cost['p50']} ms, p90 {cost['p90']} ms, n={cost['n']} "
