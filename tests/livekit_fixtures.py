@@ -9,6 +9,7 @@ the agent's audio, `lk.transcription` text streams and `lk.agent.state`.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from voicecore.rtc.caller import FRAME, LOUD, RATE, Caller, Microphone, Spoken, Text, Transcript, poll
@@ -45,6 +46,13 @@ AGENT_READY = 30.0
 def listening(caller: Caller) -> bool:
     """The agent in the caller's room says it is listening (its latest `lk.agent.state`)."""
     return caller.state_path()[-1:] == ["listening"]
+
+
+async def heard_by_agent(caller: Caller, within: float = AGENT_READY) -> None:
+    """Until the agent listens and has subscribed to this caller's microphone: its `listening`
+    alone may come from before they joined, and words spoken before the subscription are lost."""
+    await poll(partial(listening, caller), within)
+    await caller.noticed(within)
 
 
 async def reply_done(caller: Caller, finals: int, within: float = 40.0) -> None:

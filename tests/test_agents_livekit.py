@@ -12,13 +12,12 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
-from functools import partial
 from pathlib import Path
 
 import pytest
 from helpers import transcribe, weather_agent, words
 from livekit import api
-from livekit_fixtures import AGENT_READY, LiveKitServer, listening, poll, reply_done
+from livekit_fixtures import LiveKitServer, heard_by_agent, poll, reply_done
 
 from voicecore import Config, Models, load_agent
 from voicecore.agent import Agents
@@ -64,8 +63,7 @@ async def test_a_typed_question_is_answered_aloud_and_both_texts_are_transcribed
     try:
         alice = callers("alice")
         await asyncio.wait_for(alice.join(creds, room), 15)
-        await poll(partial(listening, alice), AGENT_READY)
-        await alice.noticed()
+        await heard_by_agent(alice)
         # her microphone chosen (the server asked which came first): typed words carry its id
         await poll(lambda: "alice" in agent.conversations and agent.conversations["alice"].track_sid, 10)
         question = "What is the capital of France?"
@@ -152,7 +150,7 @@ async def test_room_metadata_picks_the_tutor_while_another_room_keeps_the_defaul
     await asyncio.wait_for(people["browser"].join_with(browser["serverUrl"], browser["participantToken"]), 15)
     for caller in people.values():
         await reply_done(caller, finals=1, within=30)  # the greeting
-        await poll(partial(listening, caller), AGENT_READY)
+        await heard_by_agent(caller)
     greetings = {where: caller.agent_finals()[0].text for where, caller in people.items()}
     assert greetings == {"meta": tutor.greeting, "plain": assistant.greeting, "browser": tutor.greeting}
     # the tutor's greeting in the tutor's voice; its first words may be lost on a busy machine
@@ -182,8 +180,7 @@ async def test_a_spoken_weather_question_calls_the_tool_and_is_answered_aloud(
     try:
         alice = callers("alice")
         await asyncio.wait_for(alice.join(creds, room), 15)
-        await poll(partial(listening, alice), AGENT_READY)
-        await alice.noticed()
+        await heard_by_agent(alice)
         _, speech_end = await alice.speak(say("What's the weather in Paris?"))
         await reply_done(alice, finals=1)
         await asyncio.sleep(0.3)

@@ -15,7 +15,6 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,13 +23,12 @@ import pytest
 from helpers import join, transcribe, words
 from livekit import rtc
 from livekit_fixtures import (
-    AGENT_READY,
     Caller,
     LiveKitServer,
     agents_in,
     dispatch,
     free_port,
-    listening,
+    heard_by_agent,
     poll,
     reply_done,
 )
@@ -96,7 +94,7 @@ async def test_sigterm_finishes_the_reply_being_spoken_takes_no_new_room_and_exi
     await dispatch(livekit_server, "vc-drain", "drain-a")
     caller = callers("alice")
     await asyncio.wait_for(caller.join(livekit_server.creds, "drain-a"), 15)
-    await poll(partial(listening, caller), AGENT_READY)
+    await heard_by_agent(caller)
     await asyncio.sleep(0.5)
 
     _, speech_end = await caller.speak(say("What is the capital of France?"))
@@ -136,7 +134,7 @@ async def test_a_turn_still_going_at_the_deadline_does_not_hold_up_the_exit(
     caller = callers("bob")
     await serve.wait_for("joined room drain-fixed")
     await asyncio.wait_for(caller.join(livekit_server.creds, "drain-fixed"), 15)
-    await poll(partial(listening, caller), AGENT_READY)
+    await heard_by_agent(caller)
     await asyncio.sleep(0.5)
     # One long sentence held open by "and": no endpoint, the turn goes on for ~15 s.
     monologue = say(
@@ -195,7 +193,7 @@ async def test_a_burst_of_rooms_above_capacity_is_refused_and_the_accepted_ones_
         await asyncio.wait_for(caller.join(livekit_server.creds, room), 15)
         answers: list[str] = []
         for attempt in (1, 2):
-            await poll(partial(listening, caller), AGENT_READY)
+            await heard_by_agent(caller)
             await asyncio.sleep(0.5)
             await caller.speak(say(questions[room][0]))
             await reply_done(caller, finals=attempt, within=60)
@@ -221,7 +219,7 @@ async def test_a_burst_of_people_into_one_room_is_answered_with_a_warning(
     await asyncio.gather(*(asyncio.wait_for(c.join(livekit_server.creds, "crowd"), 30) for c in crowd))
     await serve.wait_for("over the capacity of 2", 30)
     last = crowd[-1]  # the eighth person: six beyond capacity, answered all the same
-    await poll(partial(listening, last), AGENT_READY)
+    await heard_by_agent(last)
     await asyncio.sleep(0.5)
     await last.speak(say("What is the capital of France?"))
     try:

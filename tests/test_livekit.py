@@ -20,20 +20,18 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from functools import partial
 from pathlib import Path
 
 import pytest
 from helpers import transcribe, words
 from livekit import api, rtc
 from livekit_fixtures import (
-    AGENT_READY,
     ROOT,
     Caller,
     LiveKitServer,
     agents_in,
     dispatch,
-    listening,
+    heard_by_agent,
     poll,
     reply_done,
 )
@@ -97,7 +95,7 @@ async def test_question_answered_with_transcripts_and_state(
             ),
         )
         await asyncio.wait_for(caller.join(creds, room), 15)
-        await poll(partial(listening, caller), AGENT_READY)
+        await heard_by_agent(caller)
         await asyncio.sleep(0.5)
         question = say("What is the capital of France?")
         _, speech_end = await caller.speak(question)
@@ -158,7 +156,7 @@ async def test_interruption_over_the_network(
     try:
         caller = callers("bob")
         await asyncio.wait_for(caller.join(creds, room), 15)
-        await poll(partial(listening, caller), AGENT_READY)
+        await heard_by_agent(caller)
         await asyncio.sleep(0.5)
         question = say("Tell me a long story about a cat.")
         barge_in = say("Stop. Wait a moment, please.")  # Piper blocks: synthesise before the call
@@ -233,7 +231,7 @@ async def test_two_people_in_one_room_each_get_their_own_answer(
         ann, ben = callers("ann"), callers("ben")
         for caller in (ann, ben):
             await asyncio.wait_for(caller.join(creds, room), 15)
-        await poll(partial(listening, ann), AGENT_READY)
+        await heard_by_agent(ann)
         france, japan = say("What is the capital of France?"), say("What is the capital of Japan?")
         await asyncio.sleep(0.5)
         ann.say(france)
@@ -285,7 +283,7 @@ async def test_two_rooms_at_once_through_dispatch(
         people[room] = callers(f"person-{room[-1]}")
         await asyncio.wait_for(people[room].join(livekit_server.creds, room), 15)
     for room, caller in people.items():
-        await poll(partial(listening, caller), AGENT_READY)
+        await heard_by_agent(caller)
         assert len(await agents_in(livekit_server, room)) == 1
     assert {job.room for job in worker.jobs.values()} == set(questions)
 
@@ -335,7 +333,7 @@ async def test_a_person_who_comes_back_within_the_departure_timeout_is_answered_
     france = say("What is the capital of France?")
 
     async def answered(caller: Caller) -> None:
-        await poll(partial(listening, caller), AGENT_READY)
+        await heard_by_agent(caller)
         await asyncio.sleep(0.5)
         await caller.speak(france)
         await reply_done(caller, finals=1)
@@ -377,8 +375,7 @@ async def test_a_worker_keeps_no_thread_for_the_rooms_it_has_left(
         await dispatch(livekit_server, worker.agent_name, room)
         caller = callers(f"person-{n}")
         await asyncio.wait_for(caller.join(livekit_server.creds, room), 15)
-        await poll(partial(listening, caller), AGENT_READY)
-        await caller.noticed()
+        await heard_by_agent(caller)
         await caller.leave()
         await poll(lambda: not worker.jobs, 30)  # leaving took over 15 s beside a CPU burner
 
@@ -416,8 +413,7 @@ async def test_a_room_the_worker_has_left_is_freed_at_once(
         await dispatch(livekit_server, worker.agent_name, room)
         caller = callers("erin")
         await asyncio.wait_for(caller.join(livekit_server.creds, room), 15)
-        await poll(partial(listening, caller), AGENT_READY)
-        await caller.noticed()
+        await heard_by_agent(caller)
         assert alive(AgentRoom) == 1
         await caller.leave()
         await poll(lambda: not worker.jobs, 30)  # as above: slow beside a busy CPU
@@ -443,7 +439,7 @@ async def test_worker_registers_again_after_a_server_restart(
     await dispatch(livekit_server, worker.agent_name, room)
     caller = callers("dave")
     await asyncio.wait_for(caller.join(livekit_server.creds, room), 15)
-    await poll(partial(listening, caller), AGENT_READY)
+    await heard_by_agent(caller)
     assert len(await agents_in(livekit_server, room)) == 1
 
 

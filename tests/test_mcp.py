@@ -13,11 +13,10 @@ import socket
 import subprocess
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import pytest
-from livekit_fixtures import AGENT_READY, LiveKitServer, dispatch, listening, poll, reply_done
+from livekit_fixtures import LiveKitServer, dispatch, heard_by_agent, reply_done
 from serve_process import ServeProcesses
 
 from voicecore import Agent, RealtimeSink, Session, SessionHooks
@@ -289,7 +288,7 @@ async def test_serve_gives_every_room_the_tools_of_its_mcp_servers(
     assert "tools from MCP servers: lookup_order" in serve.output()
     caller = callers("alice")
     await asyncio.wait_for(caller.join(livekit_server.creds, "mcp-orders"), 15)
-    await poll(partial(listening, caller), AGENT_READY)
+    await heard_by_agent(caller)
     await caller.speak(say("Where is my order 1234?"))
     await reply_done(caller, finals=1)
     # the room's agent called the server's tool once; what it wrote for the order id is the small
@@ -318,7 +317,7 @@ async def test_a_dispatch_worker_gives_the_rooms_it_takes_the_tools(
             await dispatch(livekit_server, worker.agent_name, "mcp-dispatched")
             caller = callers("bob")
             await asyncio.wait_for(caller.join(livekit_server.creds, "mcp-dispatched"), 15)
-            await poll(partial(listening, caller), AGENT_READY)
+            await heard_by_agent(caller)
             [job] = worker.jobs.values()
             assert job.agent is not None
             session = job.agent.conversations["bob"].session
