@@ -198,7 +198,6 @@ class VllmEngine:
 
     async def _words_logprob(self, system: str, words: str) -> float:
         """log P(words | a system line), as the chat template frames a user's message."""
-
         empty = await self._render([Message("system", system), Message("user", "")])
         full = await self._render([Message("system", system), Message("user", words)])
         start = common_prefix(empty["prompt_token_ids"], full["prompt_token_ids"])

@@ -159,8 +159,7 @@ class TurnMachine:
         self._saying = True  # no utterance of theirs to reopen: speech over it is a barge-in
         self._speculating = False
         self._barge_start = None
-        self.transcript = None
-        self.end_probability = None
+        self._forget_words()
         self.early_transcript = None
 
     def agent_speaking(self) -> None:
@@ -186,8 +185,7 @@ class TurnMachine:
             return [Decision(Action.USER_STARTED, sample)]
         if self.state is TurnState.USER_PAUSED:
             self.state = TurnState.USER_SPEAKING
-            self.transcript = None
-            self.end_probability = None
+            self._forget_words()
             if self._speculating:
                 self._speculating = False
                 return [Decision(Action.CANCEL_SPECULATION, sample)]
@@ -202,8 +200,7 @@ class TurnMachine:
         if self.state is TurnState.AGENT_THINKING and not self._saying:
             # Nothing was heard yet: the user was not done. Same utterance, reply cancelled.
             self.state = TurnState.USER_SPEAKING
-            self.transcript = None
-            self.end_probability = None
+            self._forget_words()
             self._speculating = False
             return [Decision(Action.REOPEN, barge_start)]
         self._start_utterance(barge_start)
@@ -248,12 +245,16 @@ class TurnMachine:
         opens their next utterance), if they are speaking."""
         return self._speech_onset if self._user_speaking else None
 
+    def _forget_words(self) -> None:
+        """The words of this pause go, and with them the model's P(whole message) for them."""
+        self.transcript = None
+        self.end_probability = None
+
     def _start_utterance(self, sample: int) -> None:
         self._cut = False
         self.state = TurnState.USER_SPEAKING
         self.utterance_start = sample
-        self.transcript = None
-        self.end_probability = None
+        self._forget_words()
         self._speculating = False
         self._saying = False
         self.early_transcript = None
