@@ -7,11 +7,14 @@ import asyncio
 import time
 import tracemalloc
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers import join, transcribe, words
 
 from voicecore import AgentState, AudioFrame, RealtimeSink, Session, SessionHooks, split_frames, talk
+from voicecore.audio.wav import load_for_recognition
 from voicecore.turn.state import TurnState
 
 
@@ -75,16 +78,21 @@ async def feed(session: Session, audio: AudioFrame, until=None, max_seconds: flo
             return
 
 
+async def tell_a_story(session: Session, say) -> None:
+    """Ask for a long story; back once the agent is telling it."""
+    await feed(
+        session,
+        join(0.3, say("Tell me a long story about a brave little cat.")),
+        until=lambda: session.state is AgentState.SPEAKING,
+    )
+
+
 async def test_barge_in_stops_the_agent_and_keeps_only_what_was_heard(models, config, say):
     sink = RealtimeSink(config.audio.output_sample_rate)
     hooks = Recorder()
     session = Session(models, config, sink, hooks)
     try:
-        await feed(
-            session,
-            join(0.3, say("Tell me a long story about a brave little cat.")),
-            until=lambda: session.state is AgentState.SPEAKING,
-        )
+        await tell_a_story(session, say)
         assert session.state is AgentState.SPEAKING
         interruption = say("Stop. What is two plus two?")
         await feed(session, AudioFrame.silence(1.0, 16000), until=lambda: False, max_seconds=1.0)
@@ -110,6 +118,35 @@ async def test_barge_in_stops_the_agent_and_keeps_only_what_was_heard(models, co
     # what reached the speaker is about as long as the words kept (Piper: ~2.5 words/s)
     played = sink.played().duration
     assert 0.5 < played < 2.5 and len(heard) <= played * 5 + 3
+
+
+CALL = Path(__file__).parent.parent / ".local" / "recordings" / "pyannote" / "sample.wav"
+
+
+@pytest.mark.skipif(not CALL.is_file(), reason="bin/setup fetches the pyannote-audio sample call")
+async def test_a_backchannel_over_the_agent_pauses_it_and_it_goes_on(models, config, say):
+    """A real person's "Oh," (Diane in the pyannote call) while the agent speaks: the
+    agent falls silent at once, then goes on from where it stopped, and the reply is not cut."""
+    call = load_for_recognition(CALL)
+    oh = AudioFrame(call.samples[int(17.9 * 16000) : int(18.48 * 16000)], 16000)
+    assert set(words(await transcribe(models, join(0.3, oh, 0.3)))) == {"oh"}
+    sink = RealtimeSink(config.audio.output_sample_rate)
+    hooks = Recorder()
+    session = Session(models, config, sink, hooks)
+    try:
+        await tell_a_story(session, say)
+        await feed(session, AudioFrame.silence(1.0, 16000), until=lambda: False, max_seconds=1.0)
+        overlap_at = time.monotonic()
+        await feed(session, oh, until=lambda: not session.busy, max_seconds=60)
+    finally:
+        await session.aclose()
+    reply = session.records[0]
+    assert not reply.interrupted and reply.extra.get("resumed") == 1, reply.extra
+    after = [s.value for t, s in hooks.states if t > overlap_at]
+    assert after[:3] == ["listening", "speaking", "listening"], after  # paused, resumed, done
+    # nothing lost or said twice: what reached the speaker lasts as long as the reply's speech
+    full = say(reply.agent_text).duration
+    assert 0.85 * full < sink.played().duration < 1.15 * full + 0.5
 
 
 async def test_speculation_is_cancelled_when_the_user_goes_on(models, config, say):

@@ -5,7 +5,9 @@ from __future__ import annotations
 from voicecore.config import TurnConfig
 from voicecore.tts.chunker import MAX_CHUNK_WORDS, SentenceChunker, clean_for_speech
 from voicecore.turn.endpoint import endpoint_delay
-from voicecore.turn.machine import Action, TurnMachine
+from voicecore.turn.machine import Action, Decision, TurnMachine
+from voicecore.turn.overlap import VERDICT_WAIT, is_backchannel
+from voicecore.turn.state import TurnState
 from voicecore.turn.vad import VadEvent
 
 
@@ -126,7 +128,7 @@ def test_speculation_starts_at_the_first_quiet_window_and_stops_if_speech_resume
 
 
 def test_barge_in_needs_min_interruption_of_speech():
-    cfg = TurnConfig(min_interruption=0.2)
+    cfg = TurnConfig(min_interruption=0.2, backchannel_max=0)  # every overlap is a barge-in
     m = TurnMachine(cfg)
     m.on_vad(VadEvent("start", 0))
     m.on_vad(VadEvent("end", 16000))
@@ -140,6 +142,84 @@ def test_barge_in_needs_min_interruption_of_speech():
     assert m.on_time(64000 + 1600) == []
     assert [d.action for d in m.on_time(64000 + 3200)] == [Action.INTERRUPT]
     assert m.utterance_start == 64000
+
+
+def speaking_agent() -> TurnMachine:
+    """A machine whose agent is speaking its reply to "Hello there." (from sample 48000)."""
+    m = TurnMachine(TurnConfig())
+    m.on_vad(VadEvent("start", 0))
+    m.on_vad(VadEvent("end", 16000))
+    m.on_transcript("Hello there.")
+    m.on_end_probability(0.5, 16000)
+    run(m, 48000)
+    m.agent_speaking()
+    return m
+
+
+def overlap(m: TurnMachine, start: int, end: int) -> int:
+    """Speech over the agent from `start` to `end`: paused at 0.1 s, judged after 0.2 s of quiet."""
+    m.on_vad(VadEvent("start", start))
+    assert m.on_time(start + 800) == []
+    assert [d.action for d in m.on_time(start + 1600)] == [Action.PAUSE]  # 0.1 s: silent now
+    m.on_vad(VadEvent("pause", end))
+    m.on_vad(VadEvent("end", end))
+    assert m.on_time(end + 3000) == []  # not quiet for long enough yet
+    assert [d.action for d in m.on_time(end + 3200)] == [Action.JUDGE_OVERLAP]
+    assert m.on_time(end + 4000) == []  # waiting for its words
+    return end + 3200
+
+
+def test_speech_over_the_agent_pauses_it_and_a_backchannel_resumes_it():
+    m = speaking_agent()
+    judged = overlap(m, 48000, 54000)
+    assert m.on_overlap_words("Uh-huh.", judged) == [Decision(Action.RESUME, judged)]
+    assert m.state is TurnState.AGENT_SPEAKING and m.held is None
+    judged = overlap(m, 70000, 74000)  # a cough: no words at all
+    assert [d.action for d in m.on_overlap_words("", judged)] == [Action.RESUME]
+
+
+def test_words_over_the_agent_are_a_barge_in_from_where_they_began():
+    m = speaking_agent()
+    judged = overlap(m, 48000, 56000)
+    # "Stop." is short, but no backchannel: the person has the floor, their speech is over
+    assert m.on_overlap_words("Stop.", judged) == [Decision(Action.INTERRUPT, 48000)]
+    assert m.state is TurnState.USER_PAUSED and m.utterance_start == 48000 and m.speech_end == 56000
+    assert Action.COMMIT in run(m, 56000 + 3 * 16000)
+
+
+def test_long_speech_over_the_agent_is_a_barge_in_without_waiting_for_words():
+    m = speaking_agent()
+    m.on_vad(VadEvent("start", 48000))
+    m.on_time(48000 + 1600)
+    assert m.on_time(48000 + 15000) == []
+    assert [d.action for d in m.on_time(48000 + 16000)] == [Action.INTERRUPT]  # backchannel_max
+    assert m.state is TurnState.USER_SPEAKING
+
+
+def test_a_verdict_after_the_person_went_on_is_dropped():
+    m = speaking_agent()
+    judged = overlap(m, 48000, 52000)
+    m.on_vad(VadEvent("start", 56000))
+    assert m.on_overlap_words("Yeah.", judged) == []  # "Yeah, but ..." is not over
+    assert m.held == 48000
+
+
+def test_no_words_ever_for_the_overlap_gives_the_person_the_floor():
+    m = speaking_agent()
+    judged = overlap(m, 48000, 52000)
+    assert [d.action for d in m.on_overlap_words(None, judged)] == [Action.INTERRUPT]  # STT failed
+    m = speaking_agent()
+    overlap(m, 48000, 52000)
+    actions = run(m, 48000 + int((TurnConfig().backchannel_max + VERDICT_WAIT) * 16000) + 320)
+    # the person has the floor, and what they said is answered (the endpoint long past)
+    assert actions == [Action.INTERRUPT, Action.SPECULATE, Action.COMMIT]
+
+
+def test_backchannels_are_whole_words_from_the_list_in_any_case():
+    cfg = TurnConfig()
+    assert is_backchannel("Mm-hmm.", cfg) and is_backchannel("Yeah, yeah.", cfg) and is_backchannel("", cfg)
+    assert not is_backchannel("No.", cfg) and not is_backchannel("Yeah, but wait.", cfg)
+    assert not is_backchannel("Oui.", cfg) and is_backchannel("Oui.", TurnConfig(backchannels="oui, ouais"))
 
 
 def test_endless_monologue_is_cut_at_max_utterance():

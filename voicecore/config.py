@@ -51,6 +51,11 @@ class TurnConfig:
     # the VAD's own delay, to stop the agent within 300 ms of the speech start as heard at the
     # client; Silero plus min_speech_ms already filter clicks and coughs.
     min_interruption: float = 0.1
+    # That speech pauses the agent; it resumes when the speech stopped within backchannel_max
+    # seconds having said nothing (a cough) or only words from `backchannels` (turn/overlap.py).
+    # 0 (or <= min_interruption): every such overlap stops the agent, as a barge-in.
+    backchannel_max: float = 1.0
+    backchannels: str = "yeah, yes, yep, uh-huh, mm-hmm, mhm, mm, hmm, uh, um, okay, ok, right, sure, oh, ah"
     max_utterance: float = 28.0  # Whisper's window is 30 s: a longer monologue is cut into turns
     interim_interval: float = 1.0  # seconds of new speech between interim transcripts
     # A model stage that raises, or whose model makes no progress for this long (STT, the LLM's

@@ -13,6 +13,8 @@ agent's, then played.
     Reply.generating(instr.)   the same from the LLM on, the agent speaking first
 
     cancel()     the person went on before the endpoint: nothing of it is heard
+    pause()      speech over the agent: silent now, its place kept (a backchannel may follow)
+    resume()     it was a backchannel or a cough: on from where the person stopped hearing it
     interrupt()  barge-in: silent now; returns the outcome, with the words that were heard
     outcome      resolves once the reply has played: what the person said, what they heard
 
@@ -77,7 +79,6 @@ class ReplyOutcome:
 class _Spoken:
     text: str
     seconds: float
-    captured: float = 0.0  # seconds of it handed to the sink so far (the rest was never queued)
 
 
 class Reply:
@@ -105,6 +106,10 @@ class Reply:
         self._on_first_frame = on_first_frame
         self._committed = asyncio.Event()
         self._spoken: list[_Spoken] = []
+        self._frames: list[AudioFrame] = []  # the reply's audio so far, in playout frames
+        self._next = 0  # the next frame for the sink; a pause moves it back to the unheard one
+        self._unpaused = asyncio.Event()
+        self._unpaused.set()
         self.outcome: asyncio.Future[ReplyOutcome] = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._run(), name=f"reply-{turn.turn}")
 
@@ -169,6 +174,25 @@ class Reply:
             self._settle(heard, interrupted=True)
         return self.outcome.result()
 
+    def pause(self) -> None:
+        """Silence the agent now and keep its place: what was queued and not yet heard is
+        played on `resume`."""
+        if not self._unpaused.is_set():
+            return
+        self._unpaused.clear()
+        sink = self._ctx.sink
+        unheard = sink.queued_duration
+        sink.clear_queue()
+        if self._frames:
+            self._next = max(0, self._next - round(unheard / self._frames[0].duration))
+        self.turn.extra["paused"] = self.turn.extra.get("paused", 0) + 1
+
+    def resume(self) -> None:
+        """Go on after a pause, from the first frame the person did not hear."""
+        if not self._unpaused.is_set():
+            self._unpaused.set()
+            self.turn.extra["resumed"] = self.turn.extra.get("resumed", 0) + 1
+
     async def heard(self) -> str:
         """Once it has played: the words heard ("" if it was cancelled before)."""
         try:
@@ -210,7 +234,6 @@ class Reply:
             if self.user_text:
                 ctx.hooks.on_user_transcript(self.user_text, True)
             await self._playout(chunks)
-            await ctx.sink.wait_for_playout()
             self._settle(" ".join(s.text for s in self._spoken), interrupted=False)
         except Exception:
             # A stage failed: end the turn cleanly, the conversation goes on.
@@ -409,23 +432,39 @@ class Reply:
         return True
 
     async def _playout(self, chunks: Chunks) -> None:
+        """Chunks -> frames -> the sink, until all of the reply has played. While paused it
+        waits; `pause` has moved `_next` back to the first frame that was not heard."""
         ctx = self._ctx
-        while (item := await chunks.get()) is not None:
-            text, audio = item
-            if self.turn.first_frame_out is None:
-                self.turn.first_frame_out = ctx.clock()
-                self._on_first_frame()
-            spoken = _Spoken(text, audio.duration)
-            self._spoken.append(spoken)
-            ctx.hooks.on_agent_text(text)
-            for frame in split_frames(audio):
-                await ctx.sink.capture_frame(frame)
-                spoken.captured += frame.duration
+        complete = False
+        while True:
+            await self._unpaused.wait()
+            if self._next < len(self._frames):
+                await ctx.sink.capture_frame(self._frames[self._next])
+                self._next += 1
+                if not self._unpaused.is_set():  # paused while this frame was on its way
+                    ctx.sink.clear_queue()
+                    self._next -= 1
+            elif not complete:
+                item = await chunks.get()
+                if item is None:
+                    complete = True
+                    continue
+                text, audio = item
+                if self.turn.first_frame_out is None:
+                    self.turn.first_frame_out = ctx.clock()
+                    self._on_first_frame()
+                self._spoken.append(_Spoken(text, audio.duration))
+                self._frames += split_frames(audio)
+                ctx.hooks.on_agent_text(text)
+            else:
+                await ctx.sink.wait_for_playout()
+                if self._unpaused.is_set():
+                    return
 
     def _heard_text(self) -> str:
         """The words of the reply that reached the person: played chunks, and the played share
         of the chunk in progress (words are spread evenly over its audio)."""
-        played = sum(s.captured for s in self._spoken) - self._ctx.sink.queued_duration
+        played = sum(f.duration for f in self._frames[: self._next]) - self._ctx.sink.queued_duration
         words: list[str] = []
         for spoken in self._spoken:
             if played <= 0:

@@ -117,6 +117,11 @@ class Session:
         elif action is Action.INTERRUPT:
             if self._reply is not None:
                 self._finish(self._reply, self._reply.interrupt())  # keeps only what was heard
+        elif action is Action.PAUSE or action is Action.RESUME:
+            if self._reply is not None:
+                (self._reply.pause if action is Action.PAUSE else self._reply.resume)()
+        elif action is Action.JUDGE_OVERLAP:
+            self._words.overlap(partial(self._overlap_heard, decision.sample))
         elif action is Action.USER_STARTED:
             self._words.utterance_started(decision.sample)
         elif action is Action.TRANSCRIBE_EARLY and self._conversations.alone:
@@ -241,6 +246,15 @@ class Session:
         self._machine.agent_speaking()
         self._update_state()
 
+    def _overlap_heard(self, sample: int, words: str | None) -> None:
+        """The words of speech over the agent (None: not transcribed): go on, or give way."""
+        if self._closed:
+            return
+        log.debug("speech over the agent to sample %d: %r", sample, words)
+        for decision in self._machine.on_overlap_words(words, sample):
+            self._act(decision, self.clock())
+        self._update_state()
+
     # -- the person's words while they speak ------------------------------------------------------
     def _heard_so_far(self, words: str) -> None:
         self._machine.on_transcript(words)
@@ -261,7 +275,7 @@ class Session:
 
     def _update_state(self) -> None:
         """The one place the agent state changes: it follows the turn machine."""
-        state = agent_state(self._machine.state)
+        state = agent_state(self._machine.state, paused=self._machine.held is not None)
         if state is not self.state:
             self.state = state
             self.hooks.on_state(state)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Hashable
+from functools import partial
 
 import numpy as np
 
@@ -46,6 +47,7 @@ class Transcribing:
         self._interim_task: asyncio.Task[None] | None = None
         self._interim_at = 0  # where the last interim transcript (or the utterance) began
         self.early: asyncio.Future[Transcript] | None = None  # a final transcript started early
+        self._overlaps: set[asyncio.Future[Transcript]] = set()  # speech over the agent, in STT
 
     def push(self, samples: np.ndarray) -> None:
         """16 kHz samples, before the turn machine sees them."""
@@ -79,6 +81,18 @@ class Transcribing:
         if early is not None:
             early.cancel()  # it ran to the end of what was heard, past the cut
         return self._final(audio_end), False
+
+    def overlap(self, heard: Callable[[str | None], None]) -> None:
+        """Transcribe the speech over the agent: from the turn machine's `held` to now (its
+        quiet tail too: cut at the estimated end, a short word is often misheard). `heard(words)`
+        gets its words, or None if the STT failed."""
+        held = self._machine.held
+        assert held is not None
+        audio = self._audio.since(held - self._prefix)
+        task = asyncio.ensure_future(self._stt.transcribe(audio, final=True, owner=self._owner))
+        self._overlaps.add(task)
+        task.add_done_callback(self._overlaps.discard)
+        task.add_done_callback(partial(_overlap_done, heard))
 
     def _final(self, end: int | None = None) -> asyncio.Future[Transcript]:
         audio = self._utterance_audio(end)
@@ -123,11 +137,16 @@ class Transcribing:
         self._audio.keep_from(now - keep)
 
     async def aclose(self) -> None:
-        for task in (self._interim_task, self.early):
+        for task in (self._interim_task, self.early, *self._overlaps):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+
+def _overlap_done(heard: Callable[[str | None], None], future: asyncio.Future[Transcript]) -> None:
+    if not future.cancelled():
+        heard(None if future.exception() is not None else future.result().text)
 
 
 def _seen(future: asyncio.Future[Transcript]) -> None:

@@ -4,6 +4,10 @@ It is pure and synchronous. It sees VAD events, the passing of audio time (16 kH
 received, so it runs the same in real time and on a simulated clock) and transcripts; it
 answers with `Action`s that the session carries out. It never touches a model.
 
+Speech over the agent's voice first pauses it (`PAUSE`); it is a barge-in once it has lasted
+`backchannel_max`, or when its words turn out to be more than a backchannel. A shorter overlap
+with no words (a cough) or only backchannel words ("uh-huh") resumes the agent (`RESUME`).
+
 The agent may also take the floor on its own (`agent_says`: a greeting); the person can
 interrupt that like any reply. While the person speaks, the machine also decides when the final
 transcript may start early (the sound stopped before the VAD's first quiet window).
@@ -13,6 +17,9 @@ transcript may start early (the sound stopped before the VAD's first quiet windo
         |                      +-------speech------------+ (cancel speculation)    | first frame
         |                      +--- speech >= min_interruption (barge-in) ---+     v
         +---------------------------- reply played -------------------- AGENT_SPEAKING
+                                                                          |  ^ backchannel
+                                                       speech over it:    v  | (RESUME)
+                                                        PAUSE, then ----> overlap judged
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from enum import Enum
 from voicecore.audio.frames import RECOGNITION_RATE
 from voicecore.config import TurnConfig
 from voicecore.turn.endpoint import endpoint_delay
+from voicecore.turn.overlap import OVERLAP_QUIET, VERDICT_WAIT, is_backchannel
 from voicecore.turn.state import TurnState
 from voicecore.turn.vad import VadEvent
 
@@ -36,6 +44,9 @@ class Action(Enum):
     CANCEL_SPECULATION = "cancel_speculation"  # the user went on speaking
     COMMIT = "commit"  # end of turn: release the (speculative) reply
     INTERRUPT = "interrupt"  # barge-in: stop the agent now, the user has the floor
+    PAUSE = "pause"  # speech over the agent: silence it now, keep its place
+    JUDGE_OVERLAP = "judge_overlap"  # that speech is over: transcribe it (from `held` to `sample`)
+    RESUME = "resume"  # it was a backchannel or a noise: the agent goes on
     REOPEN = "reopen"  # the user went on before any agent audio: cancel the reply, same turn
     TRANSCRIBE_EARLY = "transcribe_early"  # the sound stopped at `sample`: start the final transcript
     DROP_EARLY = "drop_early"  # the sound came back: that early transcript is not the final one
@@ -63,6 +74,9 @@ class TurnMachine:
         self.end_probability: float | None = None  # P(whole message) for this pause's words
         self._speculating = False
         self._barge_start: int | None = None
+        self.held: int | None = None  # the agent is paused for speech over it that began here
+        self._overlap_end = 0  # where that speech stopped (the VAD's end of speech)
+        self._judging: int | None = None  # its words were asked for at this sample
         self._user_speaking = False
         self._speech_onset = 0  # where the VAD's current (or last) speech began
         self._cut = False  # the turn being answered is a monologue cut at max_utterance
@@ -87,12 +101,14 @@ class TurnMachine:
         if event.kind == "resume":  # the pause was inside a word: the user goes on
             return self._on_speech_start(event.sample) if self.state is TurnState.USER_PAUSED else []
         if event.kind == "start":
+            self._judging = None
             self._user_speaking = True
             self._speech_onset = event.sample
             self._sound_stopped = None
             return self._on_speech_start(event.sample)
         self._user_speaking = False  # "end"
         self._barge_start = None
+        self._overlap_end = event.sample  # if over the agent: judged after OVERLAP_QUIET of quiet
         if self.state is TurnState.USER_SPEAKING:
             self.state = TurnState.USER_PAUSED
             self.speech_end = event.sample
@@ -120,8 +136,21 @@ class TurnMachine:
             return decisions
         if self._cut and self.state is TurnState.AGENT_THINKING:
             return []  # the person talks on past the cut: heard next, not merged into the cut turn
+        if self.held is not None:
+            overlap = (now - self.held) / RECOGNITION_RATE
+            if self._user_speaking:
+                return self._barge_in(now) if overlap >= cfg.backchannel_max else []  # too long
+            if overlap >= cfg.backchannel_max + VERDICT_WAIT:  # its words never came
+                return self._barge_in(now, speech_end=self._overlap_end)
+            if self._judging is None and now - self._overlap_end >= OVERLAP_QUIET:
+                self._judging = now  # quiet long enough to be over: what did they say?
+                return [Decision(Action.JUDGE_OVERLAP, now)]
+            return []
         if self._barge_start is not None and self._user_speaking:
             if (now - self._barge_start) / RECOGNITION_RATE >= cfg.min_interruption:
+                if self.state is TurnState.AGENT_SPEAKING and cfg.backchannel_max > cfg.min_interruption:
+                    self.held, self._judging = self._barge_start, None
+                    return [Decision(Action.PAUSE, self._barge_start)]
                 return self._barge_in(now)
         return []
 
@@ -134,6 +163,18 @@ class TurnMachine:
         dropped when the person has spoken since (it was about an earlier pause)."""
         if self.state is TurnState.USER_PAUSED and speech_end == self.speech_end:
             self.end_probability = probability
+
+    def on_overlap_words(self, text: str | None, sample: int) -> list[Decision]:
+        """The words of the speech over the agent, asked for at `sample` (None: no transcript):
+        a backchannel resumes the agent, anything more is a barge-in. Dropped if the person has
+        spoken again since."""
+        if self.held is None or self._judging != sample:
+            return []
+        self._judging = None
+        if text is not None and is_backchannel(text, self.config):
+            self.held = None
+            return [Decision(Action.RESUME, sample)]
+        return self._barge_in(sample, speech_end=self._overlap_end)
 
     def agent_says(self) -> bool:
         """The agent wants the floor on its own (a greeting): granted while nobody speaks."""
@@ -159,6 +200,7 @@ class TurnMachine:
         self._saying = True  # no utterance of theirs to reopen: speech over it is a barge-in
         self._speculating = False
         self._barge_start = None
+        self.held = self._judging = None
         self._forget_words()
         self.early_transcript = None
 
@@ -173,6 +215,7 @@ class TurnMachine:
             self._saying = False
             self._cut = False
             self._barge_start = None
+            self.held = self._judging = None
             if self._user_speaking:  # the user already talks over the tail of the reply
                 self._start_utterance(self._speech_onset)
                 return [Decision(Action.USER_STARTED, self._speech_onset)]
@@ -194,9 +237,12 @@ class TurnMachine:
             self._barge_start = sample  # decided in on_time once it lasts long enough
         return []
 
-    def _barge_in(self, now: int) -> list[Decision]:
-        barge_start = self._barge_start or now
+    def _barge_in(self, now: int, speech_end: int | None = None) -> list[Decision]:
+        """The person has the floor. `speech_end`: their speech has stopped there already (it
+        was judged after it stopped)."""
+        barge_start = self.held if self.held is not None else (self._barge_start or now)
         self._barge_start = None
+        self.held = self._judging = None
         if self.state is TurnState.AGENT_THINKING and not self._saying:
             # Nothing was heard yet: the user was not done. Same utterance, reply cancelled.
             self.state = TurnState.USER_SPEAKING
@@ -204,6 +250,9 @@ class TurnMachine:
             self._speculating = False
             return [Decision(Action.REOPEN, barge_start)]
         self._start_utterance(barge_start)
+        if speech_end is not None:  # as after a quiet window: the endpoint counts from there
+            self.state = TurnState.USER_PAUSED
+            self.speech_end = speech_end
         return [Decision(Action.INTERRUPT, barge_start)]
 
     def _commit(self, now: int, speculate_first: bool, audio_end: int | None = None) -> list[Decision]:
@@ -242,7 +291,9 @@ class TurnMachine:
     @property
     def carried_onset(self) -> int | None:
         """While the agent has the turn: where the speech the person is still making began (it
-        opens their next utterance), if they are speaking."""
+        opens their next utterance), if they are speaking, or the speech over it being judged."""
+        if self.held is not None:
+            return self.held
         return self._speech_onset if self._user_speaking else None
 
     def _forget_words(self) -> None:

@@ -21,11 +21,12 @@ class TurnState(Enum):
     AGENT_SPEAKING = "agent_speaking"
 
 
-def agent_state(turn: TurnState) -> AgentState:
+def agent_state(turn: TurnState, paused: bool = False) -> AgentState:
     """What the agent shows (`lk.agent.state`) while the turn is in `turn`: listening until the
-    turn is its own, thinking until its first audio is out, then speaking."""
+    turn is its own, thinking until its first audio is out, then speaking; listening again while
+    it is `paused` for speech over it (a backchannel, or the start of a barge-in)."""
     if turn is TurnState.AGENT_THINKING:
         return AgentState.THINKING
-    if turn is TurnState.AGENT_SPEAKING:
+    if turn is TurnState.AGENT_SPEAKING and not paused:
         return AgentState.SPEAKING
     return AgentState.LISTENING
