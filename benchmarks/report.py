@@ -217,6 +217,13 @@ def figures(system: dict[str, Any]) -> dict[str, Any]:
         "p50_ms": pct([t["stop_ms"] for t in valid], 50),
         "max_ms": max((t["stop_ms"] for t in valid), default=None),
     }
+    over = [t for t in system.get("backchannel", []) if "stop_ms" in t]
+    out["backchannel"] = {
+        "talked_over": len(over),
+        "went_on": sum(1 for t in over if not t.get("agent_interrupted", True)),
+        "gap_p50_ms": pct([t["gap_ms"] for t in over], 50),
+        "gap_max_ms": max((t["gap_ms"] for t in over), default=None),
+    }
     levels = []
     idle = None
     for level in system["concurrency"]["levels"]:
@@ -266,7 +273,8 @@ def figures(system: dict[str, Any]) -> dict[str, Any]:
     out["max_concurrency_p90_1500"] = max(ok, default=0)
     rooms: dict[str, int] = {}
     for part in (system["warmup"], system["latency"], system["turn_taking"], system["interruption"],
-                 system["concurrency"]["turns"], system.get("human", [])):  # fmt: skip
+                 system["concurrency"]["turns"], system.get("human", []),
+                 system.get("backchannel", [])):  # fmt: skip
         for item in part:
             if "room" in item:
                 rooms[item["room"]] = max(rooms.get(item["room"], 0), int(item.get("dispatch_attempts", 1)))
@@ -294,6 +302,7 @@ def write(doc: dict[str, Any], out_dir: Path) -> str:
                       system.get("human", [])):  # fmt: skip
             attach_agent_records(name, turns, system["agent_records"])
         attach_interruptions(name, system["interruption"], system["agent_records"])
+        attach_interruptions(name, system.get("backchannel", []), system["agent_records"])
         for turn in system["latency"] + system["concurrency"]["turns"]:
             agent, offset = turn.get("agent"), offsets.get(turn.get("recording", ""))
             if agent and offset is not None and agent.get("uplink_vad_ms") is not None:
@@ -404,6 +413,14 @@ def _summary(doc: dict[str, Any], figs: dict[str, dict[str, Any]], plots: list[s
         str,
         ratio=False,
     )
+    if any(f["backchannel"]["talked_over"] for f in figs.values()):
+        row(
+            "backchannel (uh-huh, oh) over the agent: it went on / talked over",
+            lambda f: f"{f['backchannel']['went_on']}/{f['backchannel']['talked_over']}",
+            str,
+            ratio=False,
+        )
+        row("... its longest silence around the backchannel, p50", lambda f: f["backchannel"]["gap_p50_ms"])
     row(
         "most conversations at once with p90 <= 1.5 s",
         lambda f: f["max_concurrency_p90_1500"],

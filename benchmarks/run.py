@@ -47,6 +47,7 @@ from recordings import (  # noqa: E402
     PAUSES_MS,
     PausedQuestion,
     Recording,
+    backchannels,
     paused_questions,
     recordings,
     speech_bounds,
@@ -94,7 +95,7 @@ class Progress:
         print(f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {line}", flush=True)
 
 
-SCENARIOS = ("latency", "turn_taking", "interruption", "concurrency", "human")
+SCENARIOS = ("latency", "turn_taking", "interruption", "backchannel", "concurrency", "human")
 
 
 async def bench_system(
@@ -124,6 +125,7 @@ async def bench_system(
         "latency": [],
         "turn_taking": [],
         "interruption": [],
+        "backchannel": [],
         "concurrency": {"turns": [], "levels": []},
         "human": [],
     }
@@ -147,6 +149,11 @@ async def bench_system(
             say(f"-- {system.name}: interruption, {plan.interruptions} trials")
             result["interruption"] = await run_interruption(bench, LONG_ANSWERS[: plan.interruptions])
             timing["interruption"] = round(time.monotonic() - began - sum(timing.values()), 1)
+        if "backchannel" in scenarios:
+            clips = backchannels()
+            say(f"-- {system.name}: backchannels over the agent, {len(clips)} trials")
+            result["backchannel"] = await run_interruption(bench, LONG_ANSWERS[: len(clips)], over=clips)
+            timing["backchannel"] = round(time.monotonic() - began - sum(timing.values()), 1)
         if "human" in scenarios:
             say(f"-- {system.name}: human speech, {len(human)} recordings of real people")
             result["human"] = await run_turn_taking(bench, human, scenario="human")

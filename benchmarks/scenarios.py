@@ -4,6 +4,7 @@
     turn_taking    questions with a pause mid-sentence: was the speaker cut off? answered after?
     human          recordings of real people, as said and with a pause inserted mid-sentence
     interruption   talk over a long answer: when did the agent's audio stop at the client?
+    backchannel    "uh-huh", "oh" (a real person), a noise over a long answer: does the agent go on?
     concurrency    1, 2, 4, 8 conversations at once, each in its own room: latency, CPU, memory
 
 Each scenario returns plain dicts (one per turn, trial or level), on the monotonic clock the
@@ -37,6 +38,7 @@ SETTLE = 0.3  # between a reply's end and the next utterance
 CUTOFF_GRACE = 0.25  # agent audio this soon after the user's last word was started before it
 BARGE_AFTER = 0.6  # talk over the answer this long after its first audio
 STOP_GAP = 0.6  # silence in the agent's audio that means it stopped (longer than between words)
+WATCH = 2.5  # how long after a backchannel the agent's silence is watched (its answer comes later)
 
 
 @dataclass
@@ -224,23 +226,29 @@ async def run_turn_taking(
 
 
 # -- interruption ---------------------------------------------------------------------------------------
-async def run_interruption(bench: Bench, prompts: list[str]) -> list[dict[str, Any]]:
-    barge = piper(BARGE_IN)
-    asks = [(p, piper(p)) for p in prompts]  # Piper blocks: synthesise before the conversation
-    total = len(asks)
+async def run_interruption(
+    bench: Bench, prompts: list[str], over: list[tuple[str, AudioFrame]] | None = None
+) -> list[dict[str, Any]]:
+    """Talk over long answers: with `BARGE_IN` (the agent should stop, then answer), or with
+    each of `over` in turn, a backchannel or a noise (scenario "backchannel": it should go on)."""
+    scenario = "interruption" if over is None else "backchannel"
+    overs = over or [(BARGE_IN, piper(BARGE_IN))]
+    trials_plan = [(p, piper(p), *overs[i % len(overs)]) for i, p in enumerate(prompts)]  # Piper blocks
+    total = len(trials_plan)
     done = 0
 
     async def steps(caller: Caller) -> list[dict[str, Any]]:
         nonlocal done
         trials = []
-        for prompt, audio in asks:
+        for prompt, audio, said_over, clip in trials_plan:
             spoken = await caller.speak(audio)
             first = await caller.wait_for_audio(
                 spoken.speech_start, spoken.speech_end + REPLY_TIMEOUT - time.monotonic()
             )
             trial: dict[str, Any] = {
-                "scenario": "interruption",
+                "scenario": scenario,
                 "prompt": prompt,
+                "over": said_over,
                 "speech_end": spoken.speech_end,
                 "first_audio": first,
                 "valid": False,
@@ -250,32 +258,47 @@ async def run_interruption(bench: Bench, prompts: list[str]) -> list[dict[str, A
                 last = caller.last_loud() or 0.0
                 since = time.monotonic()
                 if since - last < 0.3:  # still talking: talk over it
-                    over = await caller.speak(barge)
-                    stop = _audio_stop(caller, over.speech_start)
+                    heard = await caller.speak(clip)
+                    stop = _audio_stop(caller, heard.speech_start)
                     trial.update(
-                        barge_start=over.speech_start, audio_stop=stop,
-                        stop_ms=round((stop - over.speech_start) * 1000, 1),
+                        barge_start=heard.speech_start, barge_end=heard.speech_end, audio_stop=stop,
+                        stop_ms=round((stop - heard.speech_start) * 1000, 1),
                         valid=True,
                     )  # fmt: skip
-                    # the agent answers the interruption too: let that answer play out
-                    since = over.done
-                    await caller.wait_for_audio(over.speech_end, REPLY_TIMEOUT)
+                    since = heard.done
+                    if over is None:  # the agent answers the interruption too: let that play out
+                        await caller.wait_for_audio(heard.speech_end, REPLY_TIMEOUT)
+                    else:  # the agent's longest silence from the backchannel to WATCH after it
+                        end = heard.speech_end + WATCH
+                        await asyncio.sleep(max(0.0, end - time.monotonic()))
+                        trial["gap_ms"] = round(_longest_gap(caller, heard.speech_start, end) * 1000, 1)
                 else:
-                    trial["note"] = "reply over before the barge-in"
+                    trial["note"] = "reply over before the talking over"
                 await caller.wait_until_quiet(QUIET, REPLY_MAX, since=since)
                 await asyncio.sleep(0.2)
             trials.append(trial)
             done += 1
-            result = (
-                f"stopped after {trial['stop_ms']:.0f} ms"
-                if "stop_ms" in trial
-                else trial.get("note", "no reply")
-            )
-            bench.say(f"  [{bench.system.name} interruption {done}/{total}] {prompt[:40]!r}: {result}")
+            if "stop_ms" not in trial:
+                result = trial.get("note", "no reply")
+            elif over is None:
+                result = f"stopped after {trial['stop_ms']:.0f} ms"
+            else:
+                result = f"{said_over!r}: longest silence {trial['gap_ms']:.0f} ms"
+            bench.say(f"  [{bench.system.name} {scenario} {done}/{total}] {prompt[:40]!r}: {result}")
             await asyncio.sleep(SETTLE)
         return trials
 
-    return await conversation(bench, bench.room("interrupt"), steps)
+    return await conversation(bench, bench.room("interrupt" if over is None else "backchannel"), steps)
+
+
+def _longest_gap(caller: Caller, start: float, end: float) -> float:
+    """The longest silence in the agent's audio between `start` and `end` (silence up to `end`
+    counts: an agent that stopped is silent to the end)."""
+    last = caller.last_loud(start) or start
+    longest = 0.0
+    for t in [*(t for t in caller.loud if start <= t < end), end]:
+        longest, last = max(longest, t - last), t
+    return longest
 
 
 def _audio_stop(caller: Caller, barge_start: float) -> float:
