@@ -217,6 +217,63 @@ def summary(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(result: dict[str, Any], out: Path) -> list[Path]:
+    """eot-tradeoff.png: cut-offs on holds of 0.5 s or more against the mean wait at real ends,
+    every setting of each policy swept (the defaults ringed); eot-p-end.png: P(whole message)
+    at ends and at holds, on recordings of real people."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = result["groups"]
+    fig, axes = plt.subplots(1, len(groups), figsize=(11, 4.2), sharey=True)
+    styles = {
+        "vad": ("fixed silence", "tab:gray", "-"),
+        "word_list": ("word list (before)", "tab:orange", ""),
+        "llm": ("LLM P(whole message) (now)", "tab:blue", ""),
+    }
+    for ax, (group, g) in zip(axes, groups.items(), strict=True):
+        for name, (label, color, line) in styles.items():
+            policy = g["policies"][name]
+            rows = sorted(policy["sweep"], key=lambda r: r["latency_mean_ms"])
+            x = [r["latency_mean_ms"] for r in rows]
+            y = [100 * (r["cutoff_rate_holds_0.5s+"] or 0) for r in rows]
+            ax.plot(x, y, line or ".", color=color, label=label, alpha=0.8 if line else 0.35)
+            d = policy["defaults"]
+            ax.plot(d["latency_mean_ms"], 100 * (d["cutoff_rate_holds_0.5s+"] or 0), "o", color=color,
+                    markersize=11, markerfacecolor="none", markeredgewidth=2)  # fmt: skip
+        ax.axhline(5, color="tab:red", linewidth=0.8, linestyle="--")
+        ax.set_title(f"{group}: {g['holds']} holds, {g['ends']} ends")
+        ax.set_xlabel("mean wait after a real end (ms)")
+        ax.set_xlim(0, 2500)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("cut off at holds >= 0.5 s (%)")
+    axes[0].legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    paths = [out / "eot-tradeoff.png"]
+    fig.savefig(paths[0], dpi=110)
+    plt.close(fig)
+
+    cases = [c for c in result["cases"] if c["group"] == "human" and c["p_end"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    bins = np.linspace(-14, 0, 29)
+    for label, color in (("end", "tab:green"), ("hold", "tab:red")):
+        values = [np.log10(max(c["p_end"], 1e-14)) for c in cases if c["label"] == label]
+        ax.hist(values, bins=bins, alpha=0.55, color=color, label=f"{label}s ({len(values)})", density=True)
+    cfg = TurnConfig()
+    for p_value in (cfg.end_likely, cfg.end_unlikely):
+        ax.axvline(np.log10(p_value), color="black", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("log10 P(whole message) from the bundled LLM (dashed: end_unlikely, end_likely)")
+    ax.set_title(f"real people: ends against mid-sentence holds (AUC {groups['human']['auc_p_end']})")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out / "eot-p-end.png")
+    fig.savefig(paths[1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
@@ -240,7 +297,7 @@ async def main(args: argparse.Namespace) -> None:
     (out / f"eot-{stamp}.json").write_text(json.dumps(result, indent=1))
     text = summary(result)
     print(text)
-    print(f"results: {out / f'eot-{stamp}.json'}")
+    print(f"results: {out / f'eot-{stamp}.json'}; plots: {', '.join(p.name for p in plot(result, out))}")
 
 
 if __name__ == "__main__":
