@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,22 @@ def latencies(turns: list[dict[str, Any]]) -> list[float]:
     return [t["latency_ms"] for t in turns if t.get("latency_ms") is not None and t.get("answered")]
 
 
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def answered_whole(trial: dict[str, Any]) -> bool:
+    """Was the answer after the last word (the agent's record nearest it) to the whole sentence,
+    both sides of the hold? Whisper hears the halves a little differently each time: half of
+    the first half's words and the last word will do."""
+    heard = set(_words(trial.get("agent", {}).get("user_text", "")))
+    first, _, second = trial["question"].partition(" ... ")
+    before, after = _words(first), _words(second)
+    if not before or not after:
+        return False
+    return sum(w in heard for w in before) >= len(before) / 2 and after[-1] in heard
+
+
 def human_figures(trials: list[dict[str, Any]]) -> dict[str, Any]:
     """Recordings of real people: cut-ins as said and at inserted holds, latency after the last
     word of those answered without a cut-in."""
@@ -159,6 +176,7 @@ def human_figures(trials: list[dict[str, Any]]) -> dict[str, Any]:
     holds = [t for t in said if t["pause_ms"] > 0]
     long_holds = [t for t in holds if t["pause_ms"] >= 1000]
     lat = [t["latency_ms"] for t in said if t["latency_ms"] is not None and not t["cut_off"]]
+    cut_in = [t for t in holds if t["cut_off"]]
     return {
         "recordings": len(said),
         "cut_in_recordings": sum(1 for t in said if t["cut_off"]),
@@ -168,6 +186,7 @@ def human_figures(trials: list[dict[str, Any]]) -> dict[str, Any]:
         "cut_in_holds": sum(1 for t in holds if t["cut_off"]),
         "long_holds": len(long_holds),
         "cut_in_long_holds": sum(1 for t in long_holds if t["cut_off"]),
+        "cut_in_then_whole": sum(1 for t in cut_in if answered_whole(t)),
         "answered": sum(1 for t in said if t["answered"]),
         "p50_ms": pct(lat, 50),
         "p90_ms": pct(lat, 90),
@@ -405,6 +424,8 @@ def _summary(doc: dict[str, Any], figs: dict[str, dict[str, Any]], plots: list[s
         row(h + "cut-ins, as recorded", lambda f: share(f, "cut_in_as_recorded", "as_recorded"), str, False)
         row(h + "cut-ins, 0.5-1.5 s hold inserted", lambda f: share(f, "cut_in_holds", "holds"), str, False)
         row(h + "... holds of 1 s or more", lambda f: share(f, "cut_in_long_holds", "long_holds"), str, False)
+        whole = ("cut_in_then_whole", "cut_in_holds")
+        row(h + "... then the whole sentence answered", lambda f: share(f, *whole), str, False)
         row(h + "answered", lambda f: share(f, "answered", "recordings"), str, False)
     row("interruption: audio stops at client, p50", lambda f: f["interruption"]["p50_ms"])
     row(

@@ -149,6 +149,30 @@ async def test_a_backchannel_over_the_agent_pauses_it_and_it_goes_on(models, con
     assert 0.85 * full < sink.played().duration < 1.15 * full + 0.5
 
 
+async def test_going_on_as_the_agent_begins_makes_one_message_of_both_parts(models, config, say):
+    """The agent takes the person's pause after "What is the capital of" for the end (a fixed
+    0.4 s endpoint makes sure of it) and begins; they go on with "France?". It falls silent,
+    answers the whole question, and its false start stays out of the history."""
+    config = replace(config, turn=replace(config.turn, max_endpoint_delay=config.turn.min_endpoint_delay))
+    sink = RealtimeSink(config.audio.output_sample_rate)
+    session = Session(models, config, sink, Recorder())
+    try:
+        first = join(0.3, say("What is the capital of"))
+        await feed(session, first, until=lambda: session.state is AgentState.SPEAKING, max_seconds=15)
+        rest = join(0.1, say("France?"))
+        await feed(session, rest, until=lambda: len(session.records) >= 2, max_seconds=30)
+    finally:
+        await session.aclose()
+    cut, answer = session.records
+    assert cut.interrupted and cut.extra.get("went_on") is True, cut
+    assert words(cut.user_text) == ["what", "is", "the", "capital", "of"]
+    assert words(answer.user_text) == ["what", "is", "the", "capital", "of", "france"]
+    assert "Paris" in answer.agent_text and not answer.interrupted
+    history = session.history.turns
+    assert [m.role for m in history] == ["user", "assistant"], history
+    assert history[0].content == answer.user_text and history[1].content == answer.agent_text
+
+
 async def test_speculation_is_cancelled_when_the_user_goes_on(models, config, say):
     sink = RealtimeSink(config.audio.output_sample_rate)
     session = Session(models, config, sink, Recorder())

@@ -128,13 +128,13 @@ def test_speculation_starts_at_the_first_quiet_window_and_stops_if_speech_resume
 
 
 def test_barge_in_needs_min_interruption_of_speech():
-    cfg = TurnConfig(min_interruption=0.2, backchannel_max=0)  # every overlap is a barge-in
+    cfg = TurnConfig(min_interruption=0.2, backchannel_max=0, went_on_within=0)  # every overlap barges in
     m = TurnMachine(cfg)
     m.on_vad(VadEvent("start", 0))
     m.on_vad(VadEvent("end", 16000))
     m.on_transcript("Hello there.")
     run(m, 16000 * 3)
-    m.agent_speaking()
+    m.agent_speaking(16000 * 3)
     m.on_vad(VadEvent("start", 48000))  # a click: too short
     m.on_vad(VadEvent("end", 48000 + 1600))
     assert Action.INTERRUPT not in [d.action for d in m.on_time(48000 + 6400)]
@@ -144,15 +144,17 @@ def test_barge_in_needs_min_interruption_of_speech():
     assert m.utterance_start == 64000
 
 
-def speaking_agent() -> TurnMachine:
-    """A machine whose agent is speaking its reply to "Hello there." (from sample 48000)."""
-    m = TurnMachine(TurnConfig())
+def speaking_agent(began: int = 23000, config: TurnConfig | None = None) -> TurnMachine:
+    """A machine whose agent is speaking its reply to "Hello there." (committed at 22400, its
+    first audio out at `began`), at sample 48000: more than went_on_within after it began."""
+    m = TurnMachine(config or TurnConfig())
     m.on_vad(VadEvent("start", 0))
     m.on_vad(VadEvent("end", 16000))
     m.on_transcript("Hello there.")
     m.on_end_probability(0.5, 16000)
+    assert run(m, began) == [Action.SPECULATE, Action.COMMIT]
+    m.agent_speaking(began)
     run(m, 48000)
-    m.agent_speaking()
     return m
 
 
@@ -213,6 +215,26 @@ def test_no_words_ever_for_the_overlap_gives_the_person_the_floor():
     actions = run(m, 48000 + int((TurnConfig().backchannel_max + VERDICT_WAIT) * 16000) + 320)
     # the person has the floor, and what they said is answered (the endpoint long past)
     assert actions == [Action.INTERRUPT, Action.SPECULATE, Action.COMMIT]
+
+
+def test_words_right_after_the_agent_began_go_on_with_the_persons_turn():
+    """The agent took a pause for the end of "Hello there" and began at 42000; the person goes
+    on 0.375 s later, before they could have reacted to it: their words before and after are
+    one message."""
+    m = speaking_agent(began=42000)
+    judged = overlap(m, 48000, 56000)
+    assert m.on_overlap_words("How are you?", judged) == [Decision(Action.GO_ON, 48000)]
+    assert m.state is TurnState.USER_PAUSED and m.utterance_start == 48000
+    m = speaking_agent(began=42000)  # speech that goes on past backchannel_max: the same
+    m.on_vad(VadEvent("start", 48000))
+    m.on_time(48000 + 1600)
+    assert [d.action for d in m.on_time(48000 + 16000)] == [Action.GO_ON]
+    m = speaking_agent(began=42000, config=TurnConfig(went_on_within=0))  # off: a barge-in
+    judged = overlap(m, 48000, 56000)
+    assert [d.action for d in m.on_overlap_words("How are you?", judged)] == [Action.INTERRUPT]
+    m = speaking_agent(began=42000)  # a backchannel still lets it go on
+    judged = overlap(m, 48000, 52000)
+    assert [d.action for d in m.on_overlap_words("Yeah.", judged)] == [Action.RESUME]
 
 
 def test_backchannels_are_whole_words_from_the_list_in_any_case():

@@ -56,6 +56,11 @@ class TurnConfig:
     # 0 (or <= min_interruption): every such overlap stops the agent, as a barge-in.
     backchannel_max: float = 1.0
     backchannels: str = "yeah, yes, yep, uh-huh, mm-hmm, mhm, mm, hmm, uh, um, okay, ok, right, sure, oh, ah"
+    # A barge-in that began within this many seconds of the agent's first audio, before the
+    # person could have reacted to it, is them going on after a pause the agent took for the
+    # end: the reply is dropped as if unsaid, and the words it answered open their next
+    # utterance (not for a reply that spoke a filler or used a tool). 0: every one is a barge-in.
+    went_on_within: float = 0.5
     max_utterance: float = 28.0  # Whisper's window is 30 s: a longer monologue is cut into turns
     interim_interval: float = 1.0  # seconds of new speech between interim transcripts
     # A model stage that raises, or whose model makes no progress for this long (STT, the LLM's

@@ -93,10 +93,12 @@ class Reply:
         instructions: str | None = None,
         on_transcript: Callable[[str], None] = lambda text: None,
         on_first_frame: Callable[[], None] = lambda: None,
+        before: str = "",
     ) -> None:
         self._ctx = ctx
         self.turn = turn
         self.user_text = ""
+        self.before = before  # the person's words before they went on over the last reply
         self._transcript = transcript
         self._history = history
         self._said = said
@@ -122,11 +124,13 @@ class Reply:
         history: ChatHistory,
         on_transcript: Callable[[str], None],
         on_first_frame: Callable[[], None],
+        before: str = "",
     ) -> Reply:
-        """Answer the person's words (`transcript`, started at the end of their speech)."""
+        """Answer the person's words (`transcript`, started at the end of their speech), after
+        `before`: what they said before going on over the reply that answered it too soon."""
         return cls(
             ctx, turn, transcript=transcript, history=history,
-            on_transcript=on_transcript, on_first_frame=on_first_frame,
+            on_transcript=on_transcript, on_first_frame=on_first_frame, before=before,
         )  # fmt: skip
 
     @classmethod
@@ -254,7 +258,7 @@ class Reply:
         assert self._transcript is not None and self._history is not None
         try:
             async with stall_timeout(ctx.config.turn.stage_timeout, lambda: ctx.models.stt.last_progress):
-                text = (await self._transcript).text
+                text = " ".join(filter(None, (self.before, (await self._transcript).text)))
         except Exception as e:  # a failed or hung STT: the reply is the apology
             self._failed("stt", e)
             return asyncio.create_task(self._apologise(chunks))

@@ -80,6 +80,7 @@ class Session:
         self._words = Transcribing(models.stt, config, self._machine, self, self._heard_so_far)
         self._judge = EndOfTurnJudge(self._machine, getattr(models.llm, "message_end", None))
         self._reply: Reply | None = None
+        self._went_on_from = ""  # the words a reply answered before the person went on (GO_ON)
         self._turns = 0
         self._idle = asyncio.Event()
         self._background: set[asyncio.Future[None]] = set()  # the application's after_reply hooks
@@ -114,9 +115,10 @@ class Session:
         elif action is Action.COMMIT:
             if self._reply is not None:
                 self._reply.commit(now)
-        elif action is Action.INTERRUPT:
+        elif action is Action.INTERRUPT or action is Action.GO_ON:
             if self._reply is not None:
-                self._finish(self._reply, self._reply.interrupt())  # keeps only what was heard
+                outcome = self._reply.interrupt()  # keeps only what was heard
+                self._finish(self._reply, outcome, went_on=action is Action.GO_ON)
         elif action is Action.PAUSE or action is Action.RESUME:
             if self._reply is not None:
                 (self._reply.pause if action is Action.PAUSE else self._reply.resume)()
@@ -138,7 +140,7 @@ class Session:
         if early:
             turn.extra["early_transcript"] = True
         reply = Reply.answer(
-            self._ctx, turn, transcript, self.history,
+            self._ctx, turn, transcript, self.history, before=self._went_on_from,
             on_transcript=partial(self._judge.heard, turn.extra), on_first_frame=self._agent_speaking,
         )  # fmt: skip
         self._follow(reply)
@@ -196,15 +198,24 @@ class Session:
         if reply is self._reply and not outcome.cancelled():
             self._finish(reply, outcome.result())
 
-    def _finish(self, reply: Reply, outcome: ReplyOutcome) -> None:
+    def _finish(self, reply: Reply, outcome: ReplyOutcome, went_on: bool = False) -> None:
         """A reply is over (played, or interrupted): what was said goes into the history, the
-        turn into the records, and the floor is open again."""
+        turn into the records, and the floor is open again. `went_on`: the person went on
+        right after it began; its words wait for the rest of theirs, and it stays out of the
+        history (a tool it ran keeps it in)."""
         self._reply = None
         self.hooks.on_agent_said(outcome.heard)
+        extra = outcome.turn.extra
+        acted = outcome.said or "filler" in extra or "tools" in extra
+        went_on = went_on and bool(outcome.user_text) and not acted
+        if reply.before or went_on:
+            self._went_on_from = outcome.user_text if went_on else ""
+        if went_on:
+            extra["went_on"] = True
         if outcome.said:
             self.history.add_said(outcome.heard)
         else:
-            if outcome.user_text:
+            if outcome.user_text and not went_on:
                 self.history.commit(outcome.user_text, outcome.heard, outcome.steps)
                 self._after_reply(outcome)
             self.records.append(outcome.turn)
@@ -243,7 +254,7 @@ class Session:
                 self._turns -= 1  # never recorded: its number is the next try's (no gap in the log)
 
     def _agent_speaking(self) -> None:
-        self._machine.agent_speaking()
+        self._machine.agent_speaking(self._vad.samples_seen)
         self._update_state()
 
     def _overlap_heard(self, sample: int, words: str | None) -> None:

@@ -6,7 +6,9 @@ answers with `Action`s that the session carries out. It never touches a model.
 
 Speech over the agent's voice first pauses it (`PAUSE`); it is a barge-in once it has lasted
 `backchannel_max`, or when its words turn out to be more than a backchannel. A shorter overlap
-with no words (a cough) or only backchannel words ("uh-huh") resumes the agent (`RESUME`).
+with no words (a cough) or only backchannel words ("uh-huh") resumes the agent (`RESUME`). A
+barge-in within `went_on_within` of the agent's first audio is the person going on after a pause
+the agent took for the end (`GO_ON`): their words before it and after it are one message.
 
 The agent may also take the floor on its own (`agent_says`: a greeting); the person can
 interrupt that like any reply. While the person speaks, the machine also decides when the final
@@ -44,6 +46,7 @@ class Action(Enum):
     CANCEL_SPECULATION = "cancel_speculation"  # the user went on speaking
     COMMIT = "commit"  # end of turn: release the (speculative) reply
     INTERRUPT = "interrupt"  # barge-in: stop the agent now, the user has the floor
+    GO_ON = "go_on"  # a barge-in as the agent began: stop it; the words it answered open this utterance
     PAUSE = "pause"  # speech over the agent: silence it now, keep its place
     JUDGE_OVERLAP = "judge_overlap"  # that speech is over: transcribe it (from `held` to `sample`)
     RESUME = "resume"  # it was a backchannel or a noise: the agent goes on
@@ -81,6 +84,7 @@ class TurnMachine:
         self._speech_onset = 0  # where the VAD's current (or last) speech began
         self._cut = False  # the turn being answered is a monologue cut at max_utterance
         self._saying = False  # the agent took the floor on its own (no user utterance to answer)
+        self._agent_began = 0  # where the agent's first audio went out (the reply now speaking)
         self._sound_stopped: int | None = None  # where the sound stopped, while in speech
         self.early_transcript: int | None = None  # where the early transcript started, if one is on
 
@@ -204,9 +208,11 @@ class TurnMachine:
         self._forget_words()
         self.early_transcript = None
 
-    def agent_speaking(self) -> None:
+    def agent_speaking(self, sample: int) -> None:
+        """The reply's first audio went out when `sample` of the person's stream had come in."""
         if self.state is TurnState.AGENT_THINKING:
             self.state = TurnState.AGENT_SPEAKING
+            self._agent_began = sample
 
     def agent_done(self) -> list[Decision]:
         """The reply finished playing (or failed): the floor is open again."""
@@ -249,11 +255,16 @@ class TurnMachine:
             self._forget_words()
             self._speculating = False
             return [Decision(Action.REOPEN, barge_start)]
+        went_on = (
+            not self._saying
+            and not self._cut
+            and barge_start - self._agent_began <= self.config.went_on_within * RECOGNITION_RATE
+        )
         self._start_utterance(barge_start)
         if speech_end is not None:  # as after a quiet window: the endpoint counts from there
             self.state = TurnState.USER_PAUSED
             self.speech_end = speech_end
-        return [Decision(Action.INTERRUPT, barge_start)]
+        return [Decision(Action.GO_ON if went_on else Action.INTERRUPT, barge_start)]
 
     def _commit(self, now: int, speculate_first: bool, audio_end: int | None = None) -> list[Decision]:
         decisions = [self._speculate(audio_end)] if speculate_first else []
