@@ -214,6 +214,18 @@ def ensure_baseline_venv(venv: Path, say: Progress) -> None:
     subprocess.run(["bash", str(SETUP)], check=True, env={**os.environ, "BASELINE_VENV": str(venv)})
 
 
+def setting_variables(pairs: list[str]) -> dict[str, str]:
+    """`turn.went_on_within=0` -> VOICECORE_TURN_WENT_ON_WITHIN=0 (the agent reads no other)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not section or not name:
+            raise SystemExit(f"--set {pair!r}: write SECTION.NAME=VALUE, e.g. turn.went_on_within=0")
+        out[f"VOICECORE_{section}_{name}".upper()] = value.strip()
+    return out
+
+
 async def main(args: argparse.Namespace) -> Path:
     say = Progress()
     plan = QUICK if args.quick else FULL
@@ -255,6 +267,7 @@ async def main(args: argparse.Namespace) -> Path:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
         "llm_engine": args.llm_engine,
+        "settings": args.set,
         "plan": asdict(plan),
         "scenarios": scenarios,
         "machine": machine(),
@@ -274,6 +287,7 @@ async def main(args: argparse.Namespace) -> Path:
                 if args.llm_engine == "vllm":  # its CPU build lives in .venv-vllm (bin/setup-vllm)
                     python = ROOT / ".venv-vllm" / "bin" / "python"
                     settings.update(VOICECORE_LLM_ENGINE="vllm", **VLLM_CPU_SETTINGS)
+                settings.update(setting_variables(args.set))
                 system = VoicecoreSystem(server.creds, workdir / "voicecore", settings, python=python)
             else:
                 system = BaselineSystem(server.creds, workdir / "baseline", venv=args.baseline_venv)
@@ -323,5 +337,9 @@ if __name__ == "__main__":
         "--llm-engine", choices=["llama.cpp", "vllm"], default="llama.cpp",
         help="voicecore's LLM engine; vllm runs its CPU build from .venv-vllm (correctness and "
         "batching on this machine, not GPU speed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.NAME=VALUE",
+        help="a voicecore setting for this run (e.g. turn.went_on_within=0), to compare one with another",
     )  # fmt: skip
     asyncio.run(main(parser.parse_args()))
