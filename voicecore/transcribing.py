@@ -88,14 +88,14 @@ class Transcribing:
         gets its words, or None if the STT failed."""
         held = self._machine.held
         assert held is not None
-        audio = self._audio.since(held - self._prefix)
-        task = asyncio.ensure_future(self._stt.transcribe(audio, final=True, owner=self._owner))
+        task = self._final(start=held)
         self._overlaps.add(task)
         task.add_done_callback(self._overlaps.discard)
         task.add_done_callback(partial(_overlap_done, heard))
 
-    def _final(self, end: int | None = None) -> asyncio.Future[Transcript]:
-        audio = self._utterance_audio(end)
+    def _final(self, end: int | None = None, start: int | None = None) -> asyncio.Future[Transcript]:
+        """A final transcript of the utterance, or of the speech from stream sample `start`."""
+        audio = self._utterance_audio(end, start)
         return asyncio.ensure_future(self._stt.transcribe(audio, final=True, owner=self._owner))
 
     def _maybe_interim(self, samples_seen: int) -> None:
@@ -119,9 +119,11 @@ class Transcribing:
         if self._machine.state is TurnState.USER_SPEAKING and transcript.text:
             self._on_interim(transcript.text)
 
-    def _utterance_audio(self, end: int | None = None) -> np.ndarray:
-        """The current utterance's audio, all heard so far or up to stream sample `end`."""
-        return self._audio.since(self._machine.utterance_start - self._prefix, end)
+    def _utterance_audio(self, end: int | None = None, start: int | None = None) -> np.ndarray:
+        """The current utterance's audio (or the speech from stream sample `start`), all heard so
+        far or up to stream sample `end`."""
+        begin = self._machine.utterance_start if start is None else start
+        return self._audio.since(begin - self._prefix, end)
 
     def _trim(self, now: int) -> None:
         """Keep the utterance (and its prefix), or a little before the next one; speech carried
