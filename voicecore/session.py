@@ -208,10 +208,11 @@ class Session:
         extra = outcome.turn.extra
         acted = outcome.said or "filler" in extra or "tools" in extra
         went_on = went_on and bool(outcome.user_text) and not acted
-        if reply.before or went_on:
-            self._went_on_from = outcome.user_text if went_on else ""
         if went_on:
+            self._went_on_from = outcome.user_text
             extra["went_on"] = True
+        elif reply.before:
+            self._went_on_from = ""  # answered with the rest of their words
         if outcome.said:
             self.history.add_said(outcome.heard)
         else:
